@@ -1,0 +1,300 @@
+"""`bflow`: the command line (PRODUCT.md section 4).
+
+Every command turns a BflowError into one located line and its exit status; heavy
+imports (Prefect) happen only in the commands that run jobs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from functools import wraps
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .. import __version__
+from ..errors import BflowError, JobCancelled
+from . import render
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Compute over data: YAML pipelines, sharded by glob, run as Prefect flows on compute nodes.")
+
+
+def command(name: str | None = None):
+    """Register a command whose BflowErrors become a message and an exit status."""
+
+    def register(fn):
+        @wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except BflowError as e:
+                render.error(e)
+                raise typer.Exit(e.exit_code) from None
+            except KeyboardInterrupt:
+                render.err.print("interrupted")
+                raise typer.Exit(130) from None
+
+        return app.command(name)(wrapper)
+
+    return register
+
+
+def _store():
+    from ..home import jobs_db
+    from ..jobs.store import JobStore
+
+    return JobStore(jobs_db())
+
+
+def _content():
+    from ..home import store_root
+    from ..storage import ContentStore
+
+    return ContentStore(store_root())
+
+
+def _print_json(data) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+# -- spec ------------------------------------------------------------------------
+@command()
+def validate(spec: Path = typer.Argument(..., help="pipeline spec (YAML)")):
+    """Check a spec; exit 0, or 2 with the located error."""
+    from ..spec import load_spec
+
+    pipelines = load_spec(spec)
+    render.err.print(f"{spec}: {len(pipelines)} pipeline(s) valid: {', '.join(p.name for p in pipelines)}")
+
+
+@command()
+def schema():
+    """Print the JSON Schema of a pipeline document (for editors)."""
+    from ..spec import json_schema
+
+    _print_json(json_schema())
+
+
+@command()
+def plan(spec: Path, as_json: bool = typer.Option(False, "--json", help="machine-readable output")):
+    """Dry run: the shards each pipeline would get."""
+    from ..plan.pipeline import plan_pipeline
+    from ..spec import load_spec
+
+    plans = [plan_pipeline(p) for p in load_spec(spec)]
+    for p in plans:
+        for w in p.warnings:
+            render.warn(w)
+    if as_json:
+        _print_json({"pipelines": [p.to_json() for p in plans]})
+    else:
+        for p in plans:
+            render.out.print(render.plan_table(p))
+
+
+# -- running ---------------------------------------------------------------------
+@command()
+def run(
+    spec: Path,
+    network: Optional[str] = typer.Option(None, help="network URL; default: an embedded network of 3 nodes"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="write the results here (as `bflow get`)"),
+    detach: bool = typer.Option(False, help="start the job and return its id at once"),
+    as_json: bool = typer.Option(False, "--json", help="print the job as JSON when it ends"),
+    job_ids: Optional[str] = typer.Option(None, hidden=True, help="ids for the jobs (used by --detach)"),
+):
+    """Run every pipeline in SPEC; wait, show progress, print the merged stdout."""
+    from ..spec import load_spec
+
+    pipelines = load_spec(spec)
+    if detach:
+        return _detach(spec, pipelines, network, output)
+    from ..plan.pipeline import plan_pipeline
+
+    plans = [plan_pipeline(p) for p in pipelines]  # every input is listed before anything runs
+    for p in plans:
+        for w in p.warnings:
+            render.warn(w)
+    ids = job_ids.split(",") if job_ids else [None] * len(pipelines)
+    from ..flow.runner import run_pipeline
+    from ..jobs.results import stream, write_results
+
+    records = []
+    with render.ShardProgress(enabled=True) as progress:
+        for pipeline, plan_, job_id in zip(pipelines, plans, ids):
+            with progress.job(pipeline.name, len(plan_.shards)) as on_progress:
+                records.append(run_pipeline(pipeline, plan=plan_, network=network, job_id=job_id,
+                                            on_progress=on_progress))
+    content = _content()
+    for record in records:
+        if output is not None:
+            write_results(content, record, output if len(records) == 1 else output / record.pipeline)
+        if not as_json:
+            for chunk in stream(content, record.shards, "stdout"):
+                sys.stdout.buffer.write(chunk)
+            sys.stdout.flush()
+        _summarise(record)
+    if as_json:
+        _print_json(records[0].to_json() if len(records) == 1 else {"jobs": [r.to_json() for r in records]})
+    if any(r.state != "completed" for r in records):
+        raise typer.Exit(1)
+
+
+def _summarise(record) -> None:
+    done = sum(s.state == "completed" for s in record.shards)
+    line = f"job {record.id} ({record.pipeline}): {render.styled(record.state)}, {done}/{len(record.shards)} shards completed"
+    render.err.print(line, highlight=False, soft_wrap=True)
+    if record.error:
+        render.err.print(f"  {record.error}", highlight=False, markup=False)
+        render.err.print(f"  logs: bflow logs {record.id[:10]} --shard N   ·   bflow describe {record.id[:10]}",
+                         highlight=False, markup=False)
+
+
+def _detach(spec: Path, pipelines, network, output) -> None:
+    from ..jobs.store import new_job_id
+
+    ids = [new_job_id() for _ in pipelines]
+    cmd = [sys.executable, "-m", "bacalhau_flow.cli", "run", str(spec), "--job-ids", ",".join(ids)]
+    if network:
+        cmd += ["--network", network]
+    if output:
+        cmd += ["--output", str(output)]
+    from ..home import bflow_home
+
+    log = bflow_home() / "detached.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as f:
+        subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=f, stderr=f, start_new_session=True)
+    for job_id in ids:
+        print(job_id)
+
+
+# -- jobs ------------------------------------------------------------------------
+@command("list")
+def list_jobs(as_json: bool = typer.Option(False, "--json"), limit: int = typer.Option(50, help="newest N jobs")):
+    """The jobs, newest first."""
+    jobs = _store().list_jobs(limit)
+    if as_json:
+        _print_json([j.summary_json() for j in jobs])
+    else:
+        render.out.print(render.jobs_table(jobs))
+
+
+@command()
+def describe(job: str, as_json: bool = typer.Option(False, "--json")):
+    """One job with its shards: state, node, attempts, exit code, output CID."""
+    record = _store().get(job)
+    if as_json:
+        _print_json(record.to_json())
+        return
+    render.out.print(f"[bold]{record.id}[/]  pipeline {record.pipeline}  {render.styled(record.state)}  "
+                     f"created {record.created_iso[:19]}", highlight=False)
+    render.out.print(f"cid {record.cid or '-'}", highlight=False)
+    if record.error:
+        render.out.print(f"error: {record.error}", highlight=False, markup=False)
+    render.out.print(render.shards_table(record.shards))
+
+
+@command()
+def logs(job: str, shard: Optional[int] = typer.Option(None, help="one shard's logs"),
+         attempt: Optional[int] = typer.Option(None, help="an earlier attempt of --shard")):
+    """stdout (to stdout) and stderr (to stderr) of a job, or of one shard."""
+    from ..jobs.results import stream
+
+    store, content = _store(), _content()
+    record = store.get(job)
+    shards = record.shards
+    if shard is not None:
+        shards = [s for s in record.shards if s.index == shard]
+        if not shards:
+            raise BflowError(f"job {record.id} has no shard {shard}", hint=f"it has shards 0..{len(record.shards) - 1}")
+        if attempt is not None:
+            rows = [a for a in store.attempts(record.id, shard) if a["attempt"] == attempt]
+            if not rows:
+                raise BflowError(f"shard {shard} has no attempt {attempt}")
+            shards[0].stdout_cid, shards[0].stderr_cid = rows[0]["stdout_cid"], rows[0]["stderr_cid"]
+    for chunk in stream(content, shards, "stdout"):
+        sys.stdout.buffer.write(chunk)
+    sys.stdout.flush()
+    for chunk in stream(content, shards, "stderr"):
+        sys.stderr.buffer.write(chunk)
+    sys.stderr.flush()
+
+
+@command()
+def get(job: str, output: Path = typer.Option(..., "--output", "-o", help="folder to write the results into")):
+    """Fetch a job's results: stdout, stderr, outputs/, shards/<index>/, manifest.json."""
+    from ..jobs.results import write_results
+
+    record = _store().get(job)
+    write_results(_content(), record, output)
+    render.err.print(f"job {record.id} ({record.state}) written to {output}", highlight=False)
+
+
+@command()
+def cancel(job: str, wait: float = typer.Option(30.0, help="seconds to wait for the job to stop")):
+    """Stop a running job: in-flight shards are killed, the job is marked cancelled."""
+    store = _store()
+    record = store.get(job, with_shards=False)
+    if record.state not in ("queued", "running"):
+        render.err.print(f"job {record.id} already ended: {record.state}", highlight=False)
+        return
+    if record.pid and _alive(record.pid):
+        os.kill(record.pid, signal.SIGINT)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if store.get(record.id, with_shards=False).state not in ("queued", "running"):
+                break
+            time.sleep(0.2)
+    if store.get(record.id, with_shards=False).state in ("queued", "running"):
+        store.cancel_unfinished_shards(record.id)
+        store.set_job(record.id, state="cancelled", error="cancelled by the user")
+    render.err.print(f"job {record.id} cancelled", highlight=False)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+@command()
+def version(network: Optional[str] = typer.Option(None, help="also show the nodes of this network")):
+    """The client version, and the versions of the nodes it can see."""
+    print(f"bflow {__version__}")
+    if network:
+        raise _not_yet("showing node versions of a network")
+
+
+# -- not yet ---------------------------------------------------------------------
+def _not_yet(what: str) -> BflowError:
+    return BflowError(f"{what} is not supported yet in bflow {__version__}",
+                      hint="run pipelines on the embedded network: `bflow run SPEC`")
+
+
+def _later(name: str, what: str, doc: str):
+    def stub(args: Optional[list[str]] = typer.Argument(None, hidden=True)):
+        raise _not_yet(what)
+
+    stub.__doc__ = doc + " (not yet)"
+    command(name)(stub)
+
+
+_later("deploy", "deploying pipelines with schedules", "Register Prefect deployments with their schedules.")
+_later("serve", "serving deployments", "Run the deployments' schedules.")
+_later("devstack", "a devstack of peer nodes", "A local network of N compute nodes.")
+_later("node", "a standalone compute node", "Start one compute node.")
+_later("nodes", "listing network nodes", "The nodes and their capacity.")
+_later("network", "the network picture", "A picture of the network and of where shards ran.")
+
+
+def main() -> None:
+    app()

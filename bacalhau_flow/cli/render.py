@@ -1,0 +1,99 @@
+"""How the CLI shows things to a person: tables, progress bars (on stderr), errors."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ..errors import BflowError
+
+out = Console()
+err = Console(stderr=True)
+
+STATE_STYLE = {
+    "completed": "green", "failed": "red", "cancelled": "yellow", "running": "cyan",
+    "queued": "dim", "skipped": "blue", "retrying": "magenta",
+}
+
+
+def styled(state: str) -> str:
+    return f"[{STATE_STYLE.get(state, '')}]{state}[/]"
+
+
+def error(e: BflowError) -> None:
+    err.print(f"[bold red]error:[/] {e.message}", markup=True, highlight=False, soft_wrap=True)
+    if e.hint:
+        err.print(f"[bold]hint:[/] {e.hint}", markup=True, highlight=False, soft_wrap=True)
+
+
+def warn(message: str) -> None:
+    err.print(f"[bold yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+
+class ShardProgress:
+    """A progress bar per job on stderr: shards done out of all, failures counted."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and sys.stderr.isatty()
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("[red]{task.fields[failed]} failed"), TimeElapsedColumn(),
+            console=err, transient=False, disable=not self.enabled,
+        )
+        self._task = None
+
+    @contextmanager
+    def job(self, name: str, total: int):
+        self._task = self.progress.add_task(name, total=total, failed=0)
+        try:
+            yield self.update
+        finally:
+            self._task = None
+
+    def update(self, index: int, state: str) -> None:
+        if self._task is None:
+            return
+        if state in ("completed", "skipped"):
+            self.progress.advance(self._task)
+        elif state in ("failed", "cancelled"):
+            task = self.progress.tasks[self._task]
+            self.progress.update(self._task, advance=1, failed=task.fields["failed"] + 1)
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.__exit__(*exc)
+
+
+def jobs_table(jobs) -> Table:
+    table = Table("JOB", "PIPELINE", "STATE", "SHARDS", "CREATED", box=None)
+    for j in jobs:
+        table.add_row(j.id[:14], j.pipeline, styled(j.state), str(j.shard_count), j.created_iso[:19])
+    return table
+
+
+def shards_table(shards) -> Table:
+    table = Table("#", "SHARD", "STATE", "NODE", "ATTEMPTS", "EXIT", "OUTPUT CID", "ERROR", box=None)
+    for s in shards:
+        table.add_row(
+            str(s.index), s.id, styled(s.state), s.node or "-", str(s.attempts),
+            "-" if s.exit_code is None else str(s.exit_code), s.cid or "-", (s.error or "")[:60],
+        )
+    return table
+
+
+def plan_table(plan) -> Table:
+    table = Table("#", "SHARD", "DATUMS", box=None, title=f"{plan.pipeline}: {len(plan.shards)} shards")
+    for s in plan.shards[:200]:
+        paths = [p for d in s.datums for ps in d.to_json().values() for p in ps]
+        shown = ", ".join(paths[:4]) + (f", … ({len(paths)} in all)" if len(paths) > 4 else "")
+        table.add_row(str(s.index), s.id, shown)
+    if len(plan.shards) > 200:
+        table.add_row("…", f"{len(plan.shards) - 200} more", "")
+    return table

@@ -1,0 +1,50 @@
+"""Compile a planned pipeline into a Prefect flow: one flow run per job, one task run
+per shard (named by its index), retries and per-attempt timeout from the spec."""
+
+from __future__ import annotations
+
+import contextvars
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.states import Completed, Failed
+
+from ..network.requester import RESULT_GRACE_SECONDS
+from .job_run import JobRun
+from .task_runner import CURRENT_REQUESTER, NetworkTaskRunner
+
+CURRENT_JOB: contextvars.ContextVar[JobRun] = contextvars.ContextVar("bflow_job")
+
+
+@task(name="shard", task_run_name="shard-{index}", cache_policy=NO_CACHE, persist_result=False)
+async def run_shard(index: int) -> dict:
+    """Hand shard `index` of the current job to a compute node and await its result."""
+    return await CURRENT_JOB.get().dispatch(CURRENT_REQUESTER.get(), index)
+
+
+def compile_flow(run: JobRun, network: str | None = None, nodes: int = 3):
+    """A Prefect flow that runs every shard of `run` and finishes the job."""
+    pipeline = run.pipeline
+    timeout = pipeline.timeout + RESULT_GRACE_SECONDS if pipeline.timeout else None
+    shard_task = run_shard.with_options(retries=pipeline.retries, retry_delay_seconds=0, timeout_seconds=timeout)
+
+    def pipeline_flow():
+        CURRENT_JOB.set(run)
+        run.jobs.set_job(run.job.id, state="running")
+        futures = shard_task.map(index=list(range(len(run.shards))))
+        for future in futures:
+            future.wait()
+        job = run.finish()
+        if job.state == "completed":
+            return Completed(message=f"{len(run.shards)} shards completed", data=job.cid)
+        return Failed(message=job.error or "job failed")
+
+    return flow(
+        pipeline_flow,
+        name=f"bflow-{pipeline.name}",
+        flow_run_name=run.job.id,
+        task_runner=NetworkTaskRunner(network, nodes),
+        validate_parameters=False,
+        persist_result=False,
+        log_prints=False,
+    )

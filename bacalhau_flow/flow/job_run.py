@@ -1,0 +1,109 @@
+"""One job in flight: turns shards into requests, records every attempt in the job
+store, and finishes the job (merged outputs, final state).
+
+The shard task's body is `JobRun.dispatch(requester, index)`; a failed attempt raises
+`ShardFailed`, so Prefect's retries send the shard again, to another node where one
+exists (the requester avoids the nodes this shard failed on).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Callable
+
+from ..errors import NoNodeCanRun, OutputConflict
+from ..jobs.results import merge_outputs
+from ..jobs.store import JobRecord, JobStore
+from ..network.messages import InputRef, ResourceAsk, ShardRequest, ShardResult, TransformRef
+from ..network.requester import Requester
+from ..plan import Shard
+from ..spec import Pipeline
+from ..storage import ContentStore
+
+
+class ShardFailed(Exception):
+    """An attempt of a shard failed; Prefect may retry it."""
+
+    def __init__(self, message: str, retry: bool = True):
+        super().__init__(message)
+        self.retry = retry
+
+
+ProgressHook = Callable[[int, str], None]  # (shard index, new state)
+
+
+class JobRun:
+    def __init__(self, pipeline: Pipeline, shards: list[Shard], job: JobRecord, jobs: JobStore,
+                 content: ContentStore, scratch, on_progress: ProgressHook | None = None):
+        self.pipeline = pipeline
+        self.shards = shards
+        self.job = job
+        self.jobs = jobs
+        self.content = content
+        self.scratch = scratch
+        self.on_progress = on_progress or (lambda index, state: None)
+        self._tried: dict[int, set[str]] = {}
+        self._hopeless: dict[int, str] = {}  # shards no node can ever run -> why
+        base_dir = pipeline.base_dir
+        self._inputs = [InputRef(name=pipeline.input.name, url=pipeline.input.resolved_url(base_dir))]
+        t = pipeline.transform
+        self._transform = TransformRef(executor=t.executor, cmd=t.cmd or [], image=t.image, module=t.module,
+                                       entrypoint=t.entrypoint, stdin=t.stdin, env=t.env)
+        r = pipeline.resources
+        self._resources = ResourceAsk(cpu=r.cpu, memory=r.memory, disk=r.disk, gpu=r.gpu)
+
+    def request(self, shard: Shard, attempt: int) -> ShardRequest:
+        return ShardRequest(
+            job_id=self.job.id, pipeline=self.pipeline.name, shard_index=shard.index, shard_id=shard.id,
+            shard_count=len(self.shards), attempt=attempt, transform=self._transform, inputs=self._inputs,
+            datums=[d.to_json() for d in shard.datums], resources=self._resources,
+            network=self.pipeline.network, timeout=self.pipeline.timeout,
+        )
+
+    async def dispatch(self, requester: Requester, index: int) -> dict:
+        shard = self.shards[index]
+        if index in self._hopeless:  # Prefect retries everything; there is nothing to retry here
+            raise ShardFailed(self._hopeless[index], retry=False)
+        attempt = self.jobs.start_attempt(self.job.id, index)
+        self.on_progress(index, "running")
+        request = self.request(shard, attempt)
+        last_attempt = attempt > self.pipeline.retries
+        tried = self._tried.setdefault(index, set())
+        try:
+            result = await requester.run(request, self.pipeline.selector, avoid=tried, on_node=tried.add)
+        except NoNodeCanRun as e:
+            self._record(ShardResult(job_id=self.job.id, shard_index=index, shard_id=shard.id, attempt=attempt,
+                                     node="", state="failed", error=str(e)), final=True)
+            self._hopeless[index] = f"shard {index}: {e}"
+            raise ShardFailed(self._hopeless[index], retry=False) from None
+        except asyncio.CancelledError:
+            self.jobs.cancel_unfinished_shards(self.job.id)
+            raise
+        self._record(result, final=result.state == "completed" or last_attempt)
+        if result.state != "completed":
+            raise ShardFailed(f"shard {index} failed on node {result.node}: {result.error}")
+        return {"index": index, "node": result.node, "cid": result.outputs_cid, "exit_code": result.exit_code}
+
+    def _record(self, result: ShardResult, final: bool) -> None:
+        self.jobs.finish_attempt(
+            self.job.id, result.shard_index, result.attempt, state=result.state, node=result.node or None,
+            exit_code=result.exit_code, cid=result.outputs_cid, stdout_cid=result.stdout_cid,
+            stderr_cid=result.stderr_cid, error=result.error, started=result.started, ended=result.ended,
+            final=final,
+        )
+        self.on_progress(result.shard_index, result.state if final else "retrying")
+
+    def finish(self) -> JobRecord:
+        """Merge what completed and set the job's final state. Returns the updated record."""
+        job = self.jobs.get(self.job.id)
+        failed = [s for s in job.shards if s.state != "completed"]
+        error = None
+        try:
+            cid = merge_outputs(self.content, job.shards, self.pipeline.output.conflict, self.scratch)
+        except OutputConflict as e:
+            cid, error = None, str(e)
+        if failed and error is None:
+            first = failed[0]
+            error = f"{len(failed)} of {len(job.shards)} shards failed; first: shard {first.index}: {first.error}"
+        self.jobs.set_job(job.id, state="failed" if error else "completed", cid=cid, error=error)
+        return self.jobs.get(job.id)

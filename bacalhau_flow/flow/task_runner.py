@@ -1,0 +1,135 @@
+"""NetworkTaskRunner: the one place where Prefect hands shards to compute nodes.
+
+Prefect's task engine stays in this process (ARCHITECTURE.md decision 1): every
+submitted task run executes here, on one event loop in a background thread, so
+Prefect records states, retries and timeouts as usual. The shard task's body only
+awaits `dispatch(...)`, which sends a JSON `ShardRequest` through the Requester to a
+node; no code and no pickles cross the transport. One event loop for all task runs
+keeps a thousand in-flight shards cheap (no thread per shard).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import threading
+from typing import Any, Iterable
+
+from prefect.futures import PrefectConcurrentFuture, PrefectFuture
+from prefect.task_runners import TaskRunner
+
+from ..network.embedded import open_network
+from ..network.requester import Requester
+
+CURRENT_REQUESTER: contextvars.ContextVar[Requester] = contextvars.ContextVar("bflow_requester")
+
+
+class NetworkTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
+    def __init__(self, network: str | None = None, nodes: int = 3):
+        super().__init__()
+        self.network = network
+        self.nodes = nodes
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._requester: Requester | None = None
+        self._network_cm = None
+        self._tasks: set[asyncio.Task] = set()
+
+    def duplicate(self) -> "NetworkTaskRunner":
+        return type(self)(network=self.network, nodes=self.nodes)
+
+    # -- lifecycle --------------------------------------------------------------
+    def __enter__(self) -> "NetworkTaskRunner":
+        super().__enter__()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="bflow-network", daemon=True)
+        self._thread.start()
+        try:
+            self._requester = self._call(self._open())
+        except BaseException:
+            self._stop_loop()
+            super().__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc_value, traceback) -> None:
+        try:
+            if self._loop is not None and self._loop.is_running():
+                self._call(self._close(), timeout=60)
+        finally:
+            self._stop_loop()
+            super().__exit__(exc_type, exc_value, traceback)
+
+    async def _open(self) -> Requester:
+        self._network_cm = open_network(self.network, self.nodes)
+        return await self._network_cm.__aenter__()
+
+    async def _close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=30)
+        if self._network_cm is not None:
+            await self._network_cm.__aexit__(None, None, None)
+
+    def _call(self, coro, timeout: float | None = None):
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def _stop_loop(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            if self._thread is not None:
+                self._thread.join(timeout=10)
+            self._loop = None
+
+    @property
+    def requester(self) -> Requester:
+        if self._requester is None:
+            raise RuntimeError("NetworkTaskRunner is not started")
+        return self._requester
+
+    # -- submitting -------------------------------------------------------------
+    def submit(
+        self,
+        task,
+        parameters: dict[str, Any],
+        wait_for: Iterable[PrefectFuture[Any]] | None = None,
+        dependencies: dict[str, Any] | None = None,
+    ) -> PrefectConcurrentFuture[Any]:
+        if not self._started or self._loop is None:
+            raise RuntimeError("NetworkTaskRunner is not started")
+        if not task.isasync:
+            raise TypeError(f"NetworkTaskRunner runs async shard tasks only, not {task.name!r}")
+        from prefect._internal.uuid7 import uuid7
+        from prefect.task_engine import run_task_async
+
+        task_run_id = uuid7()
+        context = contextvars.copy_context()
+        context.run(CURRENT_REQUESTER.set, self.requester)
+        outcome: concurrent.futures.Future = concurrent.futures.Future()
+        coro = run_task_async(
+            task=task,
+            task_run_id=task_run_id,
+            parameters=parameters,
+            wait_for=wait_for,
+            return_type="state",
+            dependencies=dependencies,
+        )
+
+        def start() -> None:
+            t = self._loop.create_task(coro)
+            self._tasks.add(t)
+            t.add_done_callback(lambda done: self._settle(done, outcome))
+
+        self._loop.call_soon_threadsafe(start, context=context)
+        return PrefectConcurrentFuture(task_run_id=task_run_id, wrapped_future=outcome)
+
+    def _settle(self, done: asyncio.Task, outcome: concurrent.futures.Future) -> None:
+        self._tasks.discard(done)
+        if done.cancelled():
+            outcome.cancel()
+        elif done.exception() is not None:
+            outcome.set_exception(done.exception())
+        else:
+            outcome.set_result(done.result())

@@ -1,0 +1,245 @@
+"""Job and shard records in SQLite under $BFLOW_HOME: the record of truth.
+
+Prefect shows runs; this store is what `bflow list/describe/logs/get` read, and what
+survives a crash. One row per job, per shard, and per shard attempt.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..errors import JobNotFound
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY, pipeline TEXT NOT NULL, spec_file TEXT, state TEXT NOT NULL,
+    created REAL NOT NULL, ended REAL, cid TEXT, shard_count INTEGER NOT NULL,
+    error TEXT, pid INTEGER, flow_run_id TEXT, conflict TEXT NOT NULL DEFAULT 'error'
+);
+CREATE TABLE IF NOT EXISTS shards (
+    job_id TEXT NOT NULL, idx INTEGER NOT NULL, id TEXT NOT NULL, state TEXT NOT NULL,
+    node TEXT, attempts INTEGER NOT NULL DEFAULT 0, exit_code INTEGER, cid TEXT,
+    stdout_cid TEXT, stderr_cid TEXT, error TEXT, datums TEXT NOT NULL,
+    PRIMARY KEY (job_id, idx)
+);
+CREATE TABLE IF NOT EXISTS attempts (
+    job_id TEXT NOT NULL, idx INTEGER NOT NULL, attempt INTEGER NOT NULL, node TEXT,
+    state TEXT NOT NULL, exit_code INTEGER, cid TEXT, stdout_cid TEXT, stderr_cid TEXT,
+    error TEXT, started REAL, ended REAL,
+    PRIMARY KEY (job_id, idx, attempt)
+);
+CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created);
+"""
+
+JOB_STATES = ("queued", "running", "completed", "failed", "cancelled")
+SHARD_STATES = ("queued", "running", "completed", "failed", "skipped", "cancelled")
+TERMINAL = ("completed", "failed", "cancelled", "skipped")
+
+
+@dataclass
+class ShardRecord:
+    index: int
+    id: str
+    state: str
+    datums: list[dict[str, list[str]]]
+    node: str | None = None
+    attempts: int = 0
+    exit_code: int | None = None
+    cid: str | None = None
+    stdout_cid: str | None = None
+    stderr_cid: str | None = None
+    error: str | None = None
+
+    def to_json(self) -> dict:
+        return {
+            "index": self.index,
+            "id": self.id,
+            "state": self.state,
+            "node": self.node,
+            "attempts": self.attempts,
+            "exit_code": self.exit_code,
+            "cid": self.cid,
+            "error": self.error,
+        }
+
+
+@dataclass
+class JobRecord:
+    id: str
+    pipeline: str
+    state: str
+    created: float
+    shard_count: int
+    spec_file: str | None = None
+    ended: float | None = None
+    cid: str | None = None
+    error: str | None = None
+    pid: int | None = None
+    flow_run_id: str | None = None
+    conflict: str = "error"
+    shards: list[ShardRecord] = field(default_factory=list)
+
+    @property
+    def created_iso(self) -> str:
+        return datetime.fromtimestamp(self.created, timezone.utc).isoformat()
+
+    def summary_json(self) -> dict:
+        return {"id": self.id, "pipeline": self.pipeline, "state": self.state, "created": self.created_iso}
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.id,
+            "pipeline": self.pipeline,
+            "state": self.state,
+            "cid": self.cid,
+            "created": self.created_iso,
+            "error": self.error,
+            "shards": [s.to_json() for s in self.shards],
+        }
+
+
+def new_job_id() -> str:
+    return "j-" + uuid.uuid4().hex
+
+
+class JobStore:
+    """Thread-safe: one connection, one lock. WAL, so other processes can read while a job runs."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.RLock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _exec(self, sql: str, args=()) -> sqlite3.Cursor:
+        with self._lock:
+            return self._db.execute(sql, args)
+
+    # -- writing ----------------------------------------------------------------
+    def create_job(self, pipeline: str, shards: list[tuple[int, str, list]], *, spec_file: str | None = None,
+                   conflict: str = "error", job_id: str | None = None) -> JobRecord:
+        job_id = job_id or new_job_id()
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.execute(
+                "INSERT INTO jobs (id, pipeline, spec_file, state, created, shard_count, conflict) VALUES (?,?,?,?,?,?,?)",
+                (job_id, pipeline, spec_file, "queued", now, len(shards), conflict),
+            )
+            self._db.executemany(
+                "INSERT INTO shards (job_id, idx, id, state, datums) VALUES (?,?,?,?,?)",
+                [(job_id, idx, sid, "queued", json.dumps(datums)) for idx, sid, datums in shards],
+            )
+            self._db.execute("COMMIT")
+        return self.get(job_id)
+
+    def set_job(self, job_id: str, **fields) -> None:
+        if "state" in fields and fields["state"] in TERMINAL:
+            fields.setdefault("ended", time.time())
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        self._exec(f"UPDATE jobs SET {cols} WHERE id = ?", (*fields.values(), job_id))
+
+    def start_attempt(self, job_id: str, index: int, node: str | None = None) -> int:
+        """Mark a shard running and return the number of its new attempt."""
+        with self._lock:
+            row = self._db.execute("SELECT attempts FROM shards WHERE job_id=? AND idx=?", (job_id, index)).fetchone()
+            attempt = row["attempts"] + 1
+            self._db.execute(
+                "UPDATE shards SET state='running', attempts=?, node=? WHERE job_id=? AND idx=?",
+                (attempt, node, job_id, index),
+            )
+            self._db.execute(
+                "INSERT OR REPLACE INTO attempts (job_id, idx, attempt, node, state, started) VALUES (?,?,?,?,?,?)",
+                (job_id, index, attempt, node, "running", time.time()),
+            )
+        return attempt
+
+    def finish_attempt(self, job_id: str, index: int, attempt: int, *, state: str, node: str | None,
+                       exit_code: int | None, cid: str | None, stdout_cid: str | None,
+                       stderr_cid: str | None, error: str | None, started: float | None = None,
+                       ended: float | None = None, final: bool = True) -> None:
+        """Record how one attempt ended; with `final`, the shard takes that state too."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.execute(
+                "INSERT OR REPLACE INTO attempts (job_id, idx, attempt, node, state, exit_code, cid, stdout_cid,"
+                " stderr_cid, error, started, ended) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (job_id, index, attempt, node, state, exit_code, cid, stdout_cid, stderr_cid, error,
+                 started, ended or time.time()),
+            )
+            self._db.execute(
+                "UPDATE shards SET state=?, node=?, exit_code=?, cid=?, stdout_cid=?, stderr_cid=?, error=?"
+                " WHERE job_id=? AND idx=?",
+                (state if final else "queued", node, exit_code, cid, stdout_cid, stderr_cid, error, job_id, index),
+            )
+            self._db.execute("COMMIT")
+
+    def cancel_unfinished_shards(self, job_id: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE attempts SET state='cancelled', ended=? WHERE job_id=? AND state='running'",
+                (time.time(), job_id),
+            )
+            self._db.execute(
+                "UPDATE shards SET state='cancelled' WHERE job_id=? AND state IN ('queued','running')", (job_id,)
+            )
+
+    # -- reading ----------------------------------------------------------------
+    def resolve(self, prefix: str) -> str:
+        """The one job id starting with `prefix`. Raises JobNotFound for none or several."""
+        rows = self._exec("SELECT id FROM jobs WHERE id LIKE ? ORDER BY created LIMIT 3",
+                          (prefix.replace("%", "") + "%",)).fetchall()
+        if not rows:
+            raise JobNotFound(f"no job matches {prefix!r}", hint="`bflow list` shows the jobs")
+        if len(rows) > 1:
+            raise JobNotFound(f"{prefix!r} matches several jobs", hint="give more characters of the job id")
+        return rows[0]["id"]
+
+    def get(self, prefix: str, with_shards: bool = True) -> JobRecord:
+        job_id = self.resolve(prefix)
+        row = self._exec("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+        job = _job(row)
+        if with_shards:
+            job.shards = self.shards(job_id)
+        return job
+
+    def shards(self, job_id: str) -> list[ShardRecord]:
+        rows = self._exec("SELECT * FROM shards WHERE job_id=? ORDER BY idx", (job_id,)).fetchall()
+        return [
+            ShardRecord(index=r["idx"], id=r["id"], state=r["state"], datums=json.loads(r["datums"]),
+                        node=r["node"], attempts=r["attempts"], exit_code=r["exit_code"], cid=r["cid"],
+                        stdout_cid=r["stdout_cid"], stderr_cid=r["stderr_cid"], error=r["error"])
+            for r in rows
+        ]
+
+    def attempts(self, job_id: str, index: int) -> list[dict]:
+        rows = self._exec("SELECT * FROM attempts WHERE job_id=? AND idx=? ORDER BY attempt", (job_id, index))
+        return [dict(r) for r in rows.fetchall()]
+
+    def list_jobs(self, limit: int = 100) -> list[JobRecord]:
+        rows = self._exec("SELECT * FROM jobs ORDER BY created DESC LIMIT ?", (limit,)).fetchall()
+        return [_job(r) for r in rows]
+
+
+def _job(row: sqlite3.Row) -> JobRecord:
+    return JobRecord(
+        id=row["id"], pipeline=row["pipeline"], state=row["state"], created=row["created"],
+        shard_count=row["shard_count"], spec_file=row["spec_file"], ended=row["ended"], cid=row["cid"],
+        error=row["error"], pid=row["pid"], flow_run_id=row["flow_run_id"], conflict=row["conflict"],
+    )

@@ -1,0 +1,71 @@
+"""Datums and shards: what planning produces and every other part consumes.
+
+A `Datum` is the unit of data a command sees at once: for a single input it mounts one
+path (a file, or a directory with its whole subtree) of that input. A `Shard` is
+`batch_size` consecutive datums, the unit that is dispatched, retried and cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, order=True)
+class Mount:
+    """One path of one input, relative to the input root, `/`-separated, starting with `/`."""
+
+    input: str
+    path: str
+
+
+@dataclass(frozen=True, order=True)
+class Datum:
+    mounts: tuple[Mount, ...]
+
+    @classmethod
+    def single(cls, input_name: str, path: str) -> "Datum":
+        return cls((Mount(input_name, path),))
+
+    def to_json(self) -> dict[str, list[str]]:
+        """`{"<input name>": ["/path", ...]}` as `bflow plan --json` prints it."""
+        out: dict[str, list[str]] = {}
+        for m in self.mounts:
+            out.setdefault(m.input, []).append(m.path)
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, list[str]]) -> "Datum":
+        return cls(tuple(Mount(name, p) for name, paths in data.items() for p in paths))
+
+
+@dataclass(frozen=True)
+class Shard:
+    pipeline: str
+    index: int
+    datums: tuple[Datum, ...]
+
+    @property
+    def id(self) -> str:
+        """Stable across runs: derived from the pipeline, input names and datum paths only."""
+        return shard_id(self.pipeline, self.datums)
+
+    def to_json(self) -> dict:
+        return {"index": self.index, "id": self.id, "datums": [d.to_json() for d in self.datums]}
+
+
+def shard_id(pipeline: str, datums: tuple[Datum, ...]) -> str:
+    body = json.dumps([pipeline, [d.to_json() for d in datums]], separators=(",", ":"), sort_keys=True)
+    return "sh-" + hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+def cut_into_shards(pipeline: str, datums: list[Datum], batch_size: int) -> list[Shard]:
+    """Sort datums by path and cut them into shards of `batch_size` consecutive datums."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    ordered = sorted(datums)
+    return [
+        Shard(pipeline, i, tuple(ordered[start : start + batch_size]))
+        for i, start in enumerate(range(0, len(ordered), batch_size))
+    ]

@@ -1,0 +1,135 @@
+"""Datums of one input: glob + exclude over an input root (PRODUCT.md section 3).
+
+- The glob is matched against every file and every directory under the root.
+- A pattern that matches the root (`/`) gives one datum `/` holding the whole input; the
+  root is not walked then.
+- A matched file is a datum of that file; a matched directory is a datum of its whole subtree.
+- A path inside an already matched directory is not a datum of its own: datums never overlap.
+- `exclude` drops datums whose own path matches any exclude pattern (same glob rules, matched
+  with the datum's kind: a directory datum is dropped by a pattern that matches that
+  directory, e.g. `/drafts`, not by `/drafts/**`, which only ever matches files). It is
+  applied after overlap removal: excluding a matched directory does not turn the paths
+  inside it into datums of their own.
+- The result is sorted by path. A glob that matches nothing gives [].
+"""
+
+from __future__ import annotations
+
+import gc
+from contextlib import contextmanager
+from dataclasses import dataclass
+from operator import itemgetter
+from typing import Iterator, Sequence
+
+from .datum import Datum
+from .glob import GlobPattern, compile_glob
+from .inputs import InputRoot
+
+__all__ = ["MatchedDatum", "match_paths", "plan_datums", "plan_matches"]
+
+# (path, is_dir, captures): what planning works with before it builds Datum objects
+Hit = tuple[str, bool, tuple[str, ...]]
+_PATH = itemgetter(0)
+
+
+@dataclass(frozen=True)
+class MatchedDatum:
+    """A datum's path with what the glob's `( )` groups captured (for `join_on`, `group_by`)."""
+
+    input: str
+    path: str
+    is_dir: bool
+    captures: tuple[str, ...]
+
+    @property
+    def datum(self) -> Datum:
+        return Datum.single(self.input, self.path)
+
+
+def plan_datums(input_name: str, root: InputRoot, glob: str, exclude: Sequence[str] = ()) -> list[Datum]:
+    """The datums of one input, sorted by path (section 3).
+
+    A bad glob or exclude pattern raises ValueError; listing errors are PlanErrors.
+    """
+    single = Datum.single
+    with _gc_paused():
+        return [single(input_name, path) for path, _, _ in _plan(root, glob, exclude)]
+
+
+def plan_matches(input_name: str, root: InputRoot, glob: str,
+                 exclude: Sequence[str] = ()) -> list[MatchedDatum]:
+    """Like `plan_datums`, with each datum's kind and capture groups."""
+    with _gc_paused():
+        return [MatchedDatum(input_name, path, is_dir, caps) for path, is_dir, caps in _plan(root, glob, exclude)]
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while planning builds ~10^5 objects that stay alive.
+
+    Planning creates no reference cycles; without this the collector rescans the growing
+    lists again and again, which made planning 100,000 files about 1.5x slower.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _plan(root: InputRoot, glob: str, exclude: Sequence[str]) -> list[Hit]:
+    pattern = compile_glob(glob)
+    excludes = [compile_glob(x) for x in exclude]
+    root_captures = pattern.match("/", True)
+    if root_captures is not None:
+        hits: list[Hit] = [("/", True, root_captures)]
+    else:
+        dirs, files = root.list_paths()
+        hits = match_paths(pattern, dirs, files)
+    for x in excludes:
+        hits = _drop(hits, x)
+    return hits
+
+
+def match_paths(pattern: GlobPattern, dirs: Sequence[str], files: Sequence[str]) -> list[Hit]:
+    """(path, is_dir, captures) of what the pattern matches, without overlap, sorted by path.
+
+    `dirs` and `files` are paths under a root (never the root itself), as from
+    `InputRoot.list_paths()`.
+    """
+    dir_hits = _hits(pattern, dirs, True)
+    file_hits = _hits(pattern, files, False)
+    hits = dir_hits + file_hits
+    if dir_hits:
+        matched = {h[0] for h in dir_hits}
+        hits = [h for h in hits if not _inside_any(h[0], matched)]
+    hits.sort(key=_PATH)
+    return hits
+
+
+def _hits(pattern: GlobPattern, paths: Sequence[str], is_dir: bool) -> list[Hit]:
+    if pattern.groups == 0:
+        return [(p, is_dir, ()) for p in pattern.select(paths, is_dir)]
+    match = pattern.match
+    return [(p, is_dir, caps) for p in paths if (caps := match(p, is_dir)) is not None]
+
+
+def _drop(hits: list[Hit], exclude: GlobPattern) -> list[Hit]:
+    """The hits whose path the exclude pattern does not match."""
+    if hits and hits[0][0] == "/":  # the root datum (only ever alone)
+        return [] if exclude.match("/", True) is not None else hits
+    gone = set(exclude.select([h[0] for h in hits if h[1]], True))
+    gone.update(exclude.select([h[0] for h in hits if not h[1]], False))
+    return [h for h in hits if h[0] not in gone] if gone else hits
+
+
+def _inside_any(path: str, dirs: set[str]) -> bool:
+    """Whether a proper ancestor of `path` is in `dirs`."""
+    end = path.rfind("/")
+    while end > 0:
+        if path[:end] in dirs:
+            return True
+        end = path.rfind("/", 0, end)
+    return False

@@ -1,0 +1,282 @@
+"""Pydantic models of one pipeline document (PRODUCT.md section 1, single-input form).
+
+Every model forbids unknown keys. Values that a YAML author writes loosely (durations such
+as "10m", sizes such as "256Mi", a command as one string) are normalised by the types in
+`values`, so the rest of the product sees seconds as floats, sizes as bytes and commands
+as argument lists.
+
+Validators raise `ValueError` for a bad value, or `PydanticCustomError` with a `ctx["at"]`
+naming the key the error is about, which the loader uses to point at that key's line.
+Documented features that are not implemented yet raise the error type `not_yet_supported`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from .values import Command, Cpu, Duration, GlobStr, Size, StrMap, compiled_glob, no_default
+
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+SCHEMES = ("file", "http", "https", "ipfs", "s3", "memory")
+COMBINATORS = ("cross", "union", "join", "group", "join_on", "group_by", "outer_join")
+_URL_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def url_scheme(url: str) -> str | None:
+    """The lower-cased scheme of `url`, or None for a plain local path."""
+    match = _URL_SCHEME_RE.match(url)
+    return match.group(1).lower() if match else None
+
+
+def _file_url_path(url: str) -> str:
+    """`file:///abs/x` -> `/abs/x`; `file://rel/x` (no host) -> `rel/x`."""
+    parts = urlsplit(url)
+    path = unquote(parts.path)
+    if parts.netloc in ("", "localhost"):
+        return path
+    return unquote(parts.netloc) + path
+
+
+# --- the models ---------------------------------------------------------------------------
+
+
+class Input(_Model):
+    """Where a pipeline's data comes from and how it is cut into datums."""
+
+    name: str = Field("", description="Mount name; default: the last segment of url.",
+                      json_schema_extra=no_default)
+    url: str = Field(description="Relative path (to the spec file), file://, http(s)://, "
+                                 "ipfs://CID[/path], s3://bucket/prefix or memory://.")
+    glob: str = Field("/", description="Which files or directories are datums (section 3).")
+    exclude: list[GlobStr] = Field(default_factory=list,
+                                   description="Datums matching any of these globs are dropped.")
+    batch_size: int = Field(1, ge=1, strict=True, description="Datums per shard.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _combinators_and_default_name(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        for key in data:
+            if key in COMBINATORS:
+                raise PydanticCustomError(
+                    "not_yet_supported", "input combinators ({key}) are not supported yet",
+                    {"key": key, "at": key})
+        url = data.get("url")
+        if "name" not in data and isinstance(url, str) and url_scheme(url) != "pipeline":
+            data = {**data, "name": _default_name(url)}
+        return data
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str) -> str:
+        if not url.strip():
+            raise ValueError("url must not be empty")
+        scheme = url_scheme(url)
+        if scheme == "pipeline":
+            raise PydanticCustomError("not_yet_supported",
+                                      "chaining pipelines (pipeline://) is not supported yet")
+        if scheme is not None and scheme not in SCHEMES:
+            raise ValueError(f"unsupported url scheme {scheme!r}: expected a path or one of "
+                             + ", ".join(f"{s}://" for s in SCHEMES))
+        if scheme not in (None, "file") and not url.split("://", 1)[1].strip("/"):
+            raise ValueError(f"url {url!r} names nothing after {scheme}://")
+        return url
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, name: str) -> str:
+        if not name:
+            raise ValueError("cannot derive an input name from the url; set input.name")
+        if "/" in name or name in (".", ".."):
+            raise ValueError(f"invalid input name {name!r}: must not contain '/' or be '.' or '..'")
+        return name
+
+    @field_validator("glob")
+    @classmethod
+    def _check_glob(cls, pattern: str) -> str:
+        return compiled_glob(pattern)
+
+    def resolved_url(self, base_dir: Path | str) -> str:
+        """The url with local paths made absolute against `base_dir` (the spec's directory).
+
+        A relative path and a `file://` url become an absolute local path (no scheme);
+        http(s), ipfs, s3 and memory urls are returned unchanged.
+        """
+        scheme = url_scheme(self.url)
+        if scheme is None:
+            path = self.url
+        elif scheme == "file":
+            path = _file_url_path(self.url)
+        else:
+            return self.url
+        return os.path.abspath(os.path.join(base_dir, os.path.expanduser(path)))
+
+
+def _default_name(url: str) -> str:
+    """The last non-empty, non-`.` segment of a url's path (or its host, if it has no path)."""
+    scheme = url_scheme(url)
+    if scheme is None:
+        path = url
+    elif scheme == "file":
+        path = _file_url_path(url)
+    else:
+        path = url.split("://", 1)[1].split("?", 1)[0].split("#", 1)[0]
+    segments = [s for s in path.replace("\\", "/").split("/") if s not in ("", ".", "..")]
+    return segments[-1] if segments else ""
+
+
+class Transform(_Model):
+    """What runs on each shard, and with which executor."""
+
+    executor: Literal["local", "docker", "wasm"] = Field(
+        "local", description="local | docker | wasm; default: docker when image is set, else local.",
+        json_schema_extra=no_default)
+    image: str | None = Field(None, description="Container image (docker only).")
+    module: str | None = Field(None, description="Path or URL of the WebAssembly module (wasm only).")
+    entrypoint: str = Field("_start", description="Exported function the wasm executor calls.")
+    cmd: Command = Field(default_factory=list,
+                         description="Command and arguments; a single string runs via `sh -c`.")
+    stdin: str | None = Field(None, description="Text piped to the command's standard input.")
+    env: StrMap = Field(default_factory=dict, description="Extra environment variables.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_executor(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "executor" not in data:
+            data = {**data, "executor": "docker" if data.get("image") is not None else "local"}
+        return data
+
+    @model_validator(mode="after")
+    def _executor_needs(self) -> Transform:
+        def fail(message: str, at: str | None = None) -> PydanticCustomError:
+            return PydanticCustomError("transform_rule", message, {"at": at} if at else None)
+
+        ex = self.executor
+        if ex == "docker" and not self.image:
+            raise fail("the docker executor needs an image")
+        if ex == "wasm" and not self.module:
+            raise fail("the wasm executor needs a module")
+        if ex == "local" and not self.cmd:
+            raise fail("the local executor needs a non-empty cmd")
+        if self.image is not None and ex != "docker":
+            raise fail(f"image is only used by the docker executor, but executor is {ex}", "image")
+        if self.module is not None and ex != "wasm":
+            raise fail(f"module is only used by the wasm executor, but executor is {ex}", "module")
+        if "entrypoint" in self.model_fields_set and ex != "wasm":
+            raise fail(f"entrypoint is only used by the wasm executor, but executor is {ex}",
+                       "entrypoint")
+        return self
+
+
+class Resources(_Model):
+    """What one shard needs from a node; sizes are stored in bytes."""
+
+    cpu: Cpu = Field(0.1, gt=0, description="CPU cores (0.5, or millicores like '500m').")
+    memory: Size = Field(256 * 1024**2, gt=0, description="Memory: bytes, or '256Mi', '1G', ...")
+    disk: Size = Field(1024**3, description="Disk: bytes, or '1Gi', '500M', ...")
+    gpu: int = Field(0, ge=0, strict=True, description="Number of GPUs.")
+
+
+class Output(_Model):
+    """How shard outputs are merged into one tree."""
+
+    conflict: Literal["error", "concat"] = Field(
+        "error", description="Two shards writing one path: error, or concat in shard order.")
+
+
+class Schedule(_Model):
+    """When `bflow deploy` runs the pipeline: a cron expression or a fixed interval."""
+
+    cron: str | None = Field(None, description="Cron expression, e.g. '0 * * * *'.")
+    interval: Duration | None = Field(None, description="Seconds (or '5m') between runs.")
+    timezone: str | None = Field(None, description="IANA time zone, e.g. 'Europe/Lisbon'.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Schedule:
+        if (self.cron is None) == (self.interval is None):
+            raise ValueError("give exactly one of cron or interval")
+        return self
+
+    @field_validator("cron")
+    @classmethod
+    def _check_cron(cls, cron: str | None) -> str | None:
+        if cron is not None and not cron.startswith("@") and len(cron.split()) not in (5, 6):
+            raise ValueError(f"invalid cron expression {cron!r}: expected 5 fields, e.g. '0 * * * *'")
+        return cron
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, tz: str | None) -> str | None:
+        import zoneinfo
+
+        known = zoneinfo.available_timezones() if tz is not None else set()
+        if known and tz not in known:  # no tz database on this system: accept any name
+            raise ValueError(f"unknown time zone {tz!r}: expected an IANA name like 'Europe/Lisbon'")
+        return tz
+
+
+class Pipeline(_Model):
+    """One pipeline document: an input, a transform, and how to run it."""
+
+    pipeline: str = Field(description="Name: [a-z0-9][a-z0-9_-]{0,62}.",
+                          json_schema_extra={"pattern": f"^{NAME_RE.pattern}$"})
+    description: str | None = Field(None, description="Free text.")
+    input: Input = Field(description="The pipeline's input.")
+    transform: Transform = Field(description="What runs on each shard.")
+    resources: Resources = Field(default_factory=Resources, description="Needs of one shard.")
+    selector: StrMap = Field(default_factory=dict, description="Only nodes carrying these labels.")
+    network: Literal["none", "full"] = Field("none", description="Network access of a shard.")
+    retries: int = Field(0, ge=0, strict=True, description="Extra attempts per shard.")
+    timeout: Duration | None = Field(None, description="Per shard attempt; seconds or '10m'.")
+    output: Output = Field(default_factory=Output, description="How shard outputs are merged.")
+    schedule: Schedule | None = Field(None, description="Used by `bflow deploy`.")
+    reprocess: Literal["changed", "always"] = Field(
+        "changed", description="changed: reuse shards whose inputs and transform are unchanged.")
+
+    _source_file: str = PrivateAttr("<string>")
+    _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @field_validator("pipeline")
+    @classmethod
+    def _check_name(cls, name: str) -> str:
+        if not NAME_RE.fullmatch(name):
+            raise ValueError(f"invalid pipeline name {name!r}: expected 1-63 characters of "
+                             "a-z, 0-9, '_' and '-', starting with a letter or digit")
+        return name
+
+    @property
+    def name(self) -> str:
+        """The pipeline's name (the `pipeline` key)."""
+        return self.pipeline
+
+    @property
+    def source_file(self) -> str:
+        """The spec file this pipeline was loaded from (`<string>` when built in code)."""
+        return self._source_file
+
+    @property
+    def base_dir(self) -> Path:
+        """The directory relative input urls are resolved against (the spec file's)."""
+        return self._base_dir
+
+    def located(self, source_file: str, base_dir: Path) -> Pipeline:
+        """Record where this pipeline came from; returns self."""
+        self._source_file, self._base_dir = source_file, Path(base_dir)
+        return self
+
+    @property
+    def input_url(self) -> str:
+        """`input.resolved_url(base_dir)`: the input url with local paths made absolute."""
+        return self.input.resolved_url(self._base_dir)

@@ -1,0 +1,25 @@
+"""Transports connect requesters and compute nodes. Found by URL scheme through the
+entry point group `bacalhau_flow.transports` (memory://, nats://)."""
+
+from __future__ import annotations
+
+from ..plugins import Registry
+from .base import Envelope, NoResponders, RequestTimeout, Transport, TransportError
+
+TRANSPORTS = Registry(
+    "bacalhau_flow.transports",
+    "transport",
+    {
+        "memory": ("bacalhau_flow.transports.memory:MemoryTransport", None),
+        "nats": (None, "the NATS transport arrives with the peer network; use the embedded network for now"),
+    },
+)
+
+
+def transport_for(url: str) -> Transport:
+    """The transport for a network URL such as `memory://devstack` or `nats://host:4222`."""
+    scheme = url.split("://", 1)[0] if "://" in url else url
+    return TRANSPORTS.load(scheme)(url)
+
+
+__all__ = ["Envelope", "NoResponders", "RequestTimeout", "Transport", "TransportError", "transport_for"]

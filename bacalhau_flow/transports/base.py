@@ -1,0 +1,87 @@
+"""The Transport seam: how requesters and compute nodes talk.
+
+Two kinds of traffic (ARCHITECTURE.md decision 3):
+- announcements: `publish(subject, envelope)` to every subscriber, fire and forget;
+- work: `request(subject, envelope, timeout)` to the one handler of a subject, which
+  answers with a reply envelope (an acknowledged request/reply).
+
+Only JSON crosses a transport: an `Envelope` is a dict of plain data with a message
+id, so a receiver can drop duplicates. Subjects are dot-separated words
+(`bflow.node.<node id>.run`).
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any, Awaitable, Callable
+
+from ..errors import BflowError
+
+
+class TransportError(BflowError):
+    retryable = True
+
+
+class NoResponders(TransportError):
+    """Nobody serves the subject of a request (e.g. the node is gone)."""
+
+
+class RequestTimeout(TransportError):
+    """A request got no reply in time."""
+
+
+@dataclass
+class Envelope:
+    kind: str
+    body: dict[str, Any]
+    sender: str = ""
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    sent: float = field(default_factory=time.time)
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> "Envelope":
+        return cls(**json.loads(data))
+
+
+Handler = Callable[[Envelope], Awaitable[Envelope | None]]
+
+
+class Subscription(abc.ABC):
+    @abc.abstractmethod
+    async def unsubscribe(self) -> None: ...
+
+
+class Transport(abc.ABC):
+    """Connects one process to a network. Implementations: memory, nats (plugin)."""
+
+    name = "abstract"
+
+    def __init__(self, url: str | None = None):
+        self.url = url
+
+    async def connect(self) -> None:
+        """Open the connection. Raises TransportError when the network cannot be reached."""
+
+    async def close(self) -> None:
+        """Close the connection; pending requests fail with TransportError."""
+
+    @abc.abstractmethod
+    async def publish(self, subject: str, envelope: Envelope) -> None:
+        """Announce to every subscriber of `subject`; nobody listening is fine."""
+
+    @abc.abstractmethod
+    async def subscribe(self, subject: str, handler: Handler) -> Subscription:
+        """Call `handler` for every envelope on `subject`. For requests, a returned
+        envelope is the reply. Subjects may end in `.*` to match one more word."""
+
+    @abc.abstractmethod
+    async def request(self, subject: str, envelope: Envelope, timeout: float) -> Envelope:
+        """Send to the handler of `subject` and await its reply.
+        Raises NoResponders or RequestTimeout."""

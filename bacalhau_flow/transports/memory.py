@@ -1,0 +1,131 @@
+"""The in-process transport: the embedded default, and the one tests can disturb.
+
+Every envelope is encoded to JSON and decoded again on delivery, as over a wire, so
+nothing but plain data crosses it. `faults` can drop, delay or duplicate messages.
+One `MemoryHub` is a network; each `MemoryTransport` is one process's connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass
+
+from .base import Envelope, Handler, NoResponders, RequestTimeout, Subscription, Transport
+
+
+@dataclass
+class Faults:
+    drop: float = 0.0  # probability a message is lost
+    duplicate: float = 0.0  # probability a message is delivered twice
+    delay: float = 0.0  # seconds added to each delivery (uniform 0..delay)
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        self.random = random.Random(self.seed)
+
+
+class MemoryHub:
+    """One in-process network: subjects -> handlers, across every event loop that joins it."""
+
+    _hubs: dict[str, "MemoryHub"] = {}
+
+    def __init__(self) -> None:
+        self.subscribers: dict[str, list[tuple[Handler, asyncio.AbstractEventLoop]]] = {}
+        self.faults = Faults()
+
+    @classmethod
+    def named(cls, name: str) -> "MemoryHub":
+        return cls._hubs.setdefault(name, cls())
+
+    def handlers_for(self, subject: str) -> list[tuple[Handler, asyncio.AbstractEventLoop]]:
+        found = list(self.subscribers.get(subject, ()))
+        head, _, _ = subject.rpartition(".")
+        if head:
+            found += self.subscribers.get(head + ".*", [])
+        return found
+
+
+class _MemorySubscription(Subscription):
+    def __init__(self, hub: MemoryHub, subject: str, entry: tuple) -> None:
+        self.hub, self.subject, self.entry = hub, subject, entry
+
+    async def unsubscribe(self) -> None:
+        handlers = self.hub.subscribers.get(self.subject, [])
+        if self.entry in handlers:
+            handlers.remove(self.entry)
+
+
+class MemoryTransport(Transport):
+    name = "memory"
+
+    def __init__(self, url: str | None = None, hub: MemoryHub | None = None):
+        super().__init__(url or "memory://default")
+        self.hub = hub or MemoryHub.named(self.url.removeprefix("memory://") or "default")
+        self._subs: list[_MemorySubscription] = []
+
+    async def close(self) -> None:
+        for sub in self._subs:
+            await sub.unsubscribe()
+        self._subs.clear()
+
+    async def subscribe(self, subject: str, handler: Handler) -> Subscription:
+        entry = (handler, asyncio.get_running_loop())
+        self.hub.subscribers.setdefault(subject, []).append(entry)
+        sub = _MemorySubscription(self.hub, subject, entry)
+        self._subs.append(sub)
+        return sub
+
+    async def publish(self, subject: str, envelope: Envelope) -> None:
+        wire = envelope.encode()
+        for handler, loop in self.hub.handlers_for(subject):
+            for _ in range(self._copies()):
+                _call_soon(loop, self._deliver(handler, wire))
+
+    async def request(self, subject: str, envelope: Envelope, timeout: float) -> Envelope:
+        handlers = self.hub.handlers_for(subject)
+        if not handlers:
+            raise NoResponders(f"no node answers on {subject}")
+        handler, loop = handlers[0]
+        wire = envelope.encode()
+        copies = self._copies()
+        if copies == 0:
+            await asyncio.sleep(timeout)
+            raise RequestTimeout(f"no reply on {subject} within {timeout:g}s")
+        futures = [
+            asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._deliver(handler, wire), loop))
+            if loop is not asyncio.get_running_loop()
+            else asyncio.ensure_future(self._deliver(handler, wire))
+            for _ in range(copies)
+        ]
+        try:
+            reply = await asyncio.wait_for(futures[0], timeout)
+        except asyncio.TimeoutError as e:
+            raise RequestTimeout(f"no reply on {subject} within {timeout:g}s") from e
+        if reply is None:
+            raise NoResponders(f"the handler of {subject} sent no reply")
+        return Envelope.decode(reply.encode())
+
+    def _copies(self) -> int:
+        f = self.hub.faults
+        if f.drop and f.random.random() < f.drop:
+            return 0
+        if f.duplicate and f.random.random() < f.duplicate:
+            return 2
+        return 1
+
+    async def _deliver(self, handler: Handler, wire: bytes) -> Envelope | None:
+        if self.hub.faults.delay:
+            await asyncio.sleep(self.hub.faults.random.uniform(0, self.hub.faults.delay))
+        return await handler(Envelope.decode(wire))
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, coro) -> None:
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if loop is running:
+        asyncio.ensure_future(coro)
+    else:
+        asyncio.run_coroutine_threadsafe(coro, loop)

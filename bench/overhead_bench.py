@@ -1,0 +1,84 @@
+"""Per-shard overhead of `bflow run` beside plain Prefect and raw subprocess, in one run.
+
+For N trivial shards (local executor, `true`), three ways of doing the same work:
+- raw:     `subprocess.run(["true"])` N times in a loop
+- prefect: a plain Prefect flow mapping a task that runs `true`, on ThreadPoolTaskRunner
+- bflow:   a pipeline of N datums (batch_size 1) through run_pipeline on the embedded network
+The Prefect server is warmed up first so no one pays its start. Prints ratios.
+
+    python bench/overhead_bench.py [N ...]     (default: 1 100 1000)
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("BFLOW_HOME", tempfile.mkdtemp(prefix="bflow-bench-"))
+from bacalhau_flow.home import configure_prefect  # noqa: E402
+
+configure_prefect()
+
+from prefect import flow, task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
+
+from bacalhau_flow.flow.runner import run_pipeline  # noqa: E402
+from bacalhau_flow.spec import load_spec_text  # noqa: E402
+
+
+@task(cache_policy=NO_CACHE, persist_result=False)
+def run_true(i: int) -> int:
+    return subprocess.run(["true"]).returncode
+
+
+@flow(task_runner=ThreadPoolTaskRunner(max_workers=16), persist_result=False)
+def plain_flow(n: int) -> int:
+    return sum(f.result() for f in run_true.map(range(n)))
+
+
+def raw(n: int) -> float:
+    t = time.perf_counter()
+    for _ in range(n):
+        subprocess.run(["true"])
+    return time.perf_counter() - t
+
+
+def prefect(n: int) -> float:
+    t = time.perf_counter()
+    assert plain_flow(n) == 0
+    return time.perf_counter() - t
+
+
+def bflow(n: int, root: Path) -> float:
+    data = root / f"data-{n}"
+    data.mkdir()
+    for i in range(n):
+        (data / f"d{i:05}").write_text("x")
+    spec = f"pipeline: bench{n}\ninput: {{url: {data}, glob: '/*'}}\ntransform: {{cmd: ['true']}}\nresources: {{cpu: 0.1}}\n"
+    (pipeline,) = load_spec_text(spec)
+    t = time.perf_counter()
+    job = run_pipeline(pipeline)
+    elapsed = time.perf_counter() - t
+    assert job.state == "completed", job.error
+    return elapsed
+
+
+def main(sizes: list[int]) -> None:
+    root = Path(tempfile.mkdtemp(prefix="bflow-bench-data-"))
+    prefect(2)  # warm up the Prefect server and imports
+    bflow(2, root / "warm") if (root / "warm").mkdir() is None else None
+    print(f"{'shards':>7} {'raw s':>8} {'prefect s':>10} {'bflow s':>8} {'bflow ms/shard':>15} "
+          f"{'bflow/prefect':>14} {'bflow/raw':>10}")
+    for n in sizes:
+        r, p, b = raw(n), prefect(n), bflow(n, root)
+        print(f"{n:>7} {r:>8.2f} {p:>10.2f} {b:>8.2f} {1000 * b / n:>15.2f} {b / p:>14.2f} {b / r:>10.2f}",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main([int(a) for a in sys.argv[1:]] or [1, 100, 1000])
