@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class Mount:
     """One path of one input, relative to the input root, `/`-separated, starting with `/`."""
 
@@ -20,7 +20,7 @@ class Mount:
     path: str
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class Datum:
     mounts: tuple[Mount, ...]
 

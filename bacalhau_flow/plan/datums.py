@@ -99,21 +99,24 @@ def match_paths(pattern: GlobPattern, dirs: Sequence[str], files: Sequence[str])
     `dirs` and `files` are paths under a root (never the root itself), as from
     `InputRoot.list_paths()`.
     """
-    dir_hits = _hits(pattern, dirs, True)
-    file_hits = _hits(pattern, files, False)
-    hits = dir_hits + file_hits
+    if pattern.groups == 0:  # the common case, kept to C-level filtering and string sorting
+        matched_dirs = pattern.select(dirs, True)
+        matched_files = pattern.select(files, False)
+        if not matched_dirs:
+            return [(p, False, ()) for p in sorted(matched_files)]
+        outer = set(matched_dirs)
+        matched_dirs = [p for p in matched_dirs if not _inside_any(p, outer)]
+        matched_files = [p for p in matched_files if not _inside_any(p, outer)]
+        kept = set(matched_dirs)
+        return [(p, p in kept, ()) for p in sorted(matched_dirs + matched_files)]
+    match = pattern.match
+    dir_hits = [(p, True, c) for p in dirs if (c := match(p, True)) is not None]
+    hits = dir_hits + [(p, False, c) for p in files if (c := match(p, False)) is not None]
     if dir_hits:
-        matched = {h[0] for h in dir_hits}
-        hits = [h for h in hits if not _inside_any(h[0], matched)]
+        outer = {h[0] for h in dir_hits}
+        hits = [h for h in hits if not _inside_any(h[0], outer)]
     hits.sort(key=_PATH)
     return hits
-
-
-def _hits(pattern: GlobPattern, paths: Sequence[str], is_dir: bool) -> list[Hit]:
-    if pattern.groups == 0:
-        return [(p, is_dir, ()) for p in pattern.select(paths, is_dir)]
-    match = pattern.match
-    return [(p, is_dir, caps) for p in paths if (caps := match(p, is_dir)) is not None]
 
 
 def _drop(hits: list[Hit], exclude: GlobPattern) -> list[Hit]:
