@@ -4,7 +4,9 @@ For N trivial shards (local executor, `true`), three ways of doing the same work
 - raw:     `subprocess.run(["true"])` N times in a loop
 - prefect: a plain Prefect flow mapping a task that runs `true`, on ThreadPoolTaskRunner
 - bflow:   a pipeline of N datums (batch_size 1) through run_pipeline on the embedded network
-The Prefect server is warmed up first so no one pays its start. Prints ratios.
+The Prefect server is warmed up first so no one pays its start, and each run waits for the
+server to digest the previous run's events. Prints ratios; the Prefect server's CPU time
+is part of every Prefect-based figure.
 
     python bench/overhead_bench.py [N ...]     (default: 1 100 1000)
 """
@@ -41,6 +43,32 @@ def plain_flow(n: int) -> int:
     return sum(f.result() for f in run_true.map(range(n)))
 
 
+def server_cpu_seconds() -> float:
+    """CPU time used so far by this process's children (Prefect's temporary server)."""
+    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(") ", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == os.getpid():
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def settle(limit: float = 120.0) -> None:
+    """Wait until Prefect's server has digested the events of the previous run, so that no
+    run pays for the one before it (the server shares this machine's 2 cores)."""
+    deadline = time.monotonic() + limit
+    last = server_cpu_seconds()
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = server_cpu_seconds()
+        if now - last < 0.05:
+            return
+        last = now
+
+
 def raw(n: int) -> float:
     t = time.perf_counter()
     for _ in range(n):
@@ -56,7 +84,7 @@ def prefect(n: int) -> float:
 
 def bflow(n: int, root: Path) -> float:
     data = root / f"data-{n}"
-    data.mkdir()
+    data.mkdir(exist_ok=True)
     for i in range(n):
         (data / f"d{i:05}").write_text("x")
     spec = f"pipeline: bench{n}\ninput: {{url: {data}, glob: '/*'}}\ntransform: {{cmd: ['true']}}\nresources: {{cpu: 0.1}}\n"
@@ -71,11 +99,16 @@ def bflow(n: int, root: Path) -> float:
 def main(sizes: list[int]) -> None:
     root = Path(tempfile.mkdtemp(prefix="bflow-bench-data-"))
     prefect(2)  # warm up the Prefect server and imports
-    bflow(2, root / "warm") if (root / "warm").mkdir() is None else None
+    bflow(2, root)
     print(f"{'shards':>7} {'raw s':>8} {'prefect s':>10} {'bflow s':>8} {'bflow ms/shard':>15} "
           f"{'bflow/prefect':>14} {'bflow/raw':>10}")
     for n in sizes:
-        r, p, b = raw(n), prefect(n), bflow(n, root)
+        r = raw(n)
+        settle()
+        p = prefect(n)
+        settle()
+        b = bflow(n, root)
+        settle()
         print(f"{n:>7} {r:>8.2f} {p:>10.2f} {b:>8.2f} {1000 * b / n:>15.2f} {b / p:>14.2f} {b / r:>10.2f}",
               flush=True)
 
