@@ -1,5 +1,5 @@
 """Compile a planned pipeline into a Prefect flow: one flow run per job, one task run
-per shard (named by its index), retries and per-attempt timeout from the spec."""
+per shard (named by its index), with the spec's retries."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed
 
-from ..network.requester import RESULT_GRACE_SECONDS
 from .job_run import JobRun
 from .task_runner import CURRENT_REQUESTER, NetworkTaskRunner
 
@@ -25,8 +24,9 @@ async def run_shard(index: int) -> dict:
 def compile_flow(run: JobRun, network: str | None = None, nodes: int = 3):
     """A Prefect flow that runs every shard of `run` and finishes the job."""
     pipeline = run.pipeline
-    timeout = pipeline.timeout + RESULT_GRACE_SECONDS if pipeline.timeout else None
-    shard_task = run_shard.with_options(retries=pipeline.retries, retry_delay_seconds=0, timeout_seconds=timeout)
+    # The per-attempt `timeout` is enforced by the node on the command itself: a Prefect
+    # task timeout would also count the time a shard waits in a busy node's queue.
+    shard_task = run_shard.with_options(retries=pipeline.retries, retry_delay_seconds=0)
 
     def pipeline_flow():
         CURRENT_JOB.set(run)

@@ -1,17 +1,18 @@
 """Opening a network: the embedded one (N compute nodes in this process, on the
-memory transport) or an existing one by URL."""
+memory transport) or an existing one by URL. Every connection signs what it sends."""
 
 from __future__ import annotations
 
 import contextlib
-import uuid
 from typing import AsyncIterator
 
-from ..home import nodes_root, store_root
+from ..home import bflow_home, nodes_root, store_root
 from ..storage import ContentStore
 from ..transports import transport_for
 from ..transports.memory import MemoryHub, MemoryTransport
+from ..transports.signing import SignedTransport
 from .capacity import machine_capacity
+from .identity import Identity
 from .messages import Capacity
 from .node import ComputeNode
 from .requester import Requester
@@ -26,23 +27,38 @@ def embedded_node_capacity(nodes: int) -> Capacity:
     return Capacity(cpu=machine.cpu, memory=machine.memory // nodes, disk=machine.disk // nodes, gpu=0)
 
 
+async def start_embedded_nodes(hub: MemoryHub, count: int, store: ContentStore | None = None,
+                               capacity: Capacity | None = None, **node_options) -> list[ComputeNode]:
+    """`count` compute nodes on `hub`, each with its own key; sharing `store` if given."""
+    capacity = capacity or embedded_node_capacity(count)
+    nodes = []
+    for _ in range(count):
+        transport = SignedTransport(MemoryTransport(hub=hub), Identity.generate())
+        node_store = store or ContentStore(nodes_root() / transport.node_id / "store")
+        node = ComputeNode(transport, node_store, nodes_root() / "work", capacity, **node_options)
+        await node.start()
+        nodes.append(node)
+    return nodes
+
+
+def client_identity() -> Identity:
+    return Identity.load_or_create(bflow_home() / "client.key")
+
+
 @contextlib.asynccontextmanager
 async def open_network(url: str | None = None, nodes: int = EMBEDDED_NODES) -> AsyncIterator[Requester]:
-    """Yield a started Requester. With no url, start `nodes` embedded compute nodes first."""
+    """Yield a started Requester. With no url, start `nodes` embedded compute nodes first
+    (sharing this process's content store, so their outputs need no copying)."""
     started: list[ComputeNode] = []
+    store = ContentStore(store_root())
     if url is None:
         hub = MemoryHub()
-        store = ContentStore(store_root())
-        capacity = embedded_node_capacity(nodes)
-        for _ in range(nodes):
-            node = ComputeNode(MemoryTransport(hub=hub), store, nodes_root() / "embedded", capacity)
-            await node.start()
-            started.append(node)
-        transport = MemoryTransport(hub=hub)
+        started = await start_embedded_nodes(hub, nodes, store)
+        transport = SignedTransport(MemoryTransport(hub=hub), Identity.generate())
     else:
-        transport = transport_for(url)
+        transport = SignedTransport(transport_for(url), client_identity())
         await transport.connect()
-    requester = Requester(transport, requester_id="r-" + uuid.uuid4().hex[:8])
+    requester = Requester(transport, store)
     try:
         await requester.start(expect_nodes=max(1, len(started)))
         yield requester

@@ -95,3 +95,4 @@ class NodeInfo(BaseModel):
     total: Capacity
     free: Capacity
     running: int = 0
+    queued: int = 0

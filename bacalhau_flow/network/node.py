@@ -1,227 +1,210 @@
-"""A compute node: takes shard requests, stages inputs, runs the executor, and answers
-with a result whose outputs and logs are in its content store, by CID.
+"""A compute node: bids for shards it can run, reserves capacity when a bid is
+accepted (or queues the shard until capacity frees), stages inputs, runs the executor,
+and hands the result back, acknowledged, with outputs and logs in its content store.
 
-Subjects it serves:
-- `bflow.node.<id>.run`    ShardRequest -> ShardResult (the reply comes when the shard ends)
-- `bflow.node.<id>.cancel` {"attempt_id"} -> {"cancelled": bool}
-- `bflow.nodes.discover`   answered by announcing NodeInfo on `bflow.nodes.announce`
+The protocol is in `protocol.py`. A node never runs one attempt twice: a repeated
+accept of a known attempt is acknowledged and ignored.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
-import shutil
 import time
-import uuid
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .. import __version__
-from ..errors import BflowError
-from ..executors import Execution, get_executor
+from ..executors import get_executor
 from ..executors.registry import available_executors
+from ..errors import BflowError
 from ..storage import ContentStore
-from ..transports.base import Envelope, Transport
+from ..transports.base import Envelope, Transport, TransportError
+from . import protocol as p
 from .capacity import CapacityManager
 from .messages import Capacity, NodeInfo, ShardRequest, ShardResult
-from .staging import make_writable, stage_inputs
+from .shard_run import run_shard_attempt
 
 log = logging.getLogger("bacalhau_flow.node")
 
-ANNOUNCE = "bflow.nodes.announce"
-DISCOVER = "bflow.nodes.discover"
-
-
-def run_subject(node_id: str) -> str:
-    return f"bflow.node.{node_id}.run"
-
-
-def cancel_subject(node_id: str) -> str:
-    return f"bflow.node.{node_id}.cancel"
+REMEMBERED_ATTEMPTS = 10_000
 
 
 class ComputeNode:
-    def __init__(
-        self,
-        transport: Transport,
-        store: ContentStore,
-        work_root: Path,
-        capacity: Capacity,
-        *,
-        node_id: str | None = None,
-        labels: dict[str, str] | None = None,
-    ):
-        self.id = node_id or "n-" + uuid.uuid4().hex[:8]
+    def __init__(self, transport: Transport, store: ContentStore, work_root: Path, capacity: Capacity, *,
+                 node_id: str | None = None, labels: dict[str, str] | None = None,
+                 announce_seconds: float = p.ANNOUNCE_SECONDS, heartbeat_seconds: float = p.HEARTBEAT_SECONDS):
+        self.id = node_id or getattr(transport, "node_id", None) or _random_id()
         self.transport = transport
         self.store = store
         self.work_root = Path(work_root)
         self.capacity = CapacityManager(capacity)
         self.labels = labels or {}
+        self.announce_seconds = announce_seconds
+        self.heartbeat_seconds = heartbeat_seconds
         self.executors = [e for e in available_executors() if _loadable(e)]
-        self._running: dict[str, object] = {}  # attempt id -> executor running it
-        self._seen: dict[str, asyncio.Future] = {}  # attempt id -> result (de-duplication)
+        self._attempts: OrderedDict[str, asyncio.Task] = OrderedDict()  # attempt id -> its run
+        self._running: dict[str, object] = {}  # attempt id -> executor running it (for cancel)
+        self._queued = 0
         self._pool = ThreadPoolExecutor(max_workers=max(4, int(capacity.cpu * 10)), thread_name_prefix=self.id)
-        self._subs = []
+        self._subs: list = []
+        self._announcer: asyncio.Task | None = None
+        self.started_at = time.time()
 
     # -- lifecycle --------------------------------------------------------------
     async def start(self) -> None:
         self.work_root.mkdir(parents=True, exist_ok=True)
         t = self.transport
         self._subs = [
-            await t.subscribe(run_subject(self.id), self._on_run),
-            await t.subscribe(cancel_subject(self.id), self._on_cancel),
-            await t.subscribe(DISCOVER, self._on_discover),
+            await t.subscribe(p.node_subject(self.id, "bid"), self._on_bid),
+            await t.subscribe(p.node_subject(self.id, "accept"), self._on_accept),
+            await t.subscribe(p.node_subject(self.id, "cancel"), self._on_cancel),
+            await t.subscribe(p.node_subject(self.id, "blocks"), self._on_blocks),
+            await t.subscribe(p.DISCOVER, self._on_discover),
         ]
         await self.announce()
+        self._announcer = asyncio.ensure_future(self._announce_forever())
 
     async def stop(self) -> None:
+        if self._announcer:
+            self._announcer.cancel()
         for sub in self._subs:
             await sub.unsubscribe()
         for executor in list(self._running.values()):
             executor.kill()
+        for task in list(self._attempts.values()):
+            task.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def info(self) -> NodeInfo:
-        return NodeInfo(
-            id=self.id,
-            version=__version__,
-            executors=self.executors,
-            labels=self.labels,
-            total=self.capacity.total,
-            free=self.capacity.free,
-            running=len(self._running),
-        )
+        return NodeInfo(id=self.id, version=__version__, executors=self.executors, labels=self.labels,
+                        total=self.capacity.total, free=self.capacity.free,
+                        running=len(self._running), queued=self._queued)
 
     async def announce(self) -> None:
-        await self.transport.publish(ANNOUNCE, Envelope("node_info", self.info().model_dump(), sender=self.id))
+        try:
+            await self.transport.publish(p.ANNOUNCE, Envelope("node_info", self.info().model_dump(), sender=self.id))
+        except TransportError as e:  # the network is away; the next announcement will do
+            log.debug("announce failed: %s", e)
+
+    async def _announce_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.announce_seconds)
+            await self.announce()
 
     # -- handlers ---------------------------------------------------------------
     async def _on_discover(self, envelope: Envelope) -> None:
         await self.announce()
 
+    def bid(self, request: ShardRequest, selector: dict[str, str]) -> p.Bid:
+        """Whether this node would take the shard: never, now, or after those queued."""
+        if not self.capacity.could_ever_fit(request.resources):
+            return p.Bid(node=self.id, accepted=False, never=True, reason=f"asks more than node {self.id} has")
+        if request.transform.executor not in self.executors:
+            return p.Bid(node=self.id, accepted=False, never=True,
+                         reason=f"node {self.id} has no {request.transform.executor} executor")
+        if any(self.labels.get(k) != v for k, v in selector.items()):
+            return p.Bid(node=self.id, accepted=False, never=True, reason=f"node {self.id} lacks labels {selector}")
+        ready = self._queued == 0 and self.capacity.free.fits(request.resources)
+        return p.Bid(node=self.id, accepted=True, ready=ready, queued=self._queued)
+
+    async def _on_bid(self, envelope: Envelope) -> Envelope:
+        request = ShardRequest.model_validate(envelope.body["request"])
+        bid = self.bid(request, envelope.body.get("selector") or {})
+        return Envelope("bid", bid.model_dump(), sender=self.id)
+
+    async def _on_accept(self, envelope: Envelope) -> Envelope:
+        request = ShardRequest.model_validate(envelope.body["request"])
+        requester = envelope.body["requester"]
+        if request.attempt_id not in self._attempts:  # a repeated accept is harmless
+            bid = self.bid(request, envelope.body.get("selector") or {})
+            if not bid.accepted:
+                return Envelope("ack", {"accepted": False, "reason": bid.reason}, sender=self.id)
+            self._attempts[request.attempt_id] = asyncio.ensure_future(self._execute(request, requester))
+            while len(self._attempts) > REMEMBERED_ATTEMPTS:
+                self._attempts.popitem(last=False)
+        return Envelope("ack", {"accepted": True}, sender=self.id)
+
     async def _on_cancel(self, envelope: Envelope) -> Envelope:
-        executor = self._running.get(envelope.body["attempt_id"])
+        attempt_id = envelope.body["attempt_id"]
+        executor = self._running.get(attempt_id)
         if executor is not None:
             executor.kill()
-        return Envelope("cancelled", {"cancelled": executor is not None}, sender=self.id)
+        elif attempt_id in self._attempts:
+            self._attempts[attempt_id].cancel()  # still queued: never starts
+        return Envelope("cancelled", {"cancelled": attempt_id in self._attempts}, sender=self.id)
 
-    async def _on_run(self, envelope: Envelope) -> Envelope:
-        request = ShardRequest.model_validate(envelope.body)
-        # The same attempt delivered twice runs once; the duplicate awaits the same result.
-        if request.attempt_id not in self._seen:
-            self._seen[request.attempt_id] = asyncio.ensure_future(self._run(request))
-        result = await asyncio.shield(self._seen[request.attempt_id])
-        return Envelope("shard_result", result.model_dump(), sender=self.id)
+    async def _on_blocks(self, envelope: Envelope) -> Envelope:
+        blocks = {}
+        for cid in envelope.body["cids"][: 8]:
+            if self.store.has(cid):
+                blocks[cid] = base64.b64encode(self.store.get_block(cid)).decode()
+        return Envelope("blocks", {"blocks": blocks}, sender=self.id)
 
-    # -- running a shard --------------------------------------------------------
-    async def _run(self, request: ShardRequest) -> ShardResult:
-        started = time.time()
-        if not self.capacity.could_ever_fit(request.resources):
-            return self._failed(request, started, f"shard asks for more than node {self.id} has", retryable=False)
-        if request.transform.executor not in self.executors:
-            return self._failed(request, started, f"node {self.id} has no {request.transform.executor} executor")
-        await self.capacity.reserve(request.resources)
+    # -- running ----------------------------------------------------------------
+    async def _execute(self, request: ShardRequest, requester: str) -> None:
+        state = {"value": "queued"}
+        beat = asyncio.ensure_future(self._heartbeat(request, requester, state))
         try:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._pool, self._run_blocking, request, started)
-        finally:
-            await self.capacity.release(request.resources)
-
-    def _run_blocking(self, request: ShardRequest, started: float) -> ShardResult:
-        work = self.work_root / request.job_id / f"{request.shard_index}-{request.attempt}"
-        inputs, outputs = work / "inputs", work / "outputs"
-        stdout, stderr = work / "stdout", work / "stderr"
-        try:
-            outputs.mkdir(parents=True, exist_ok=True)
-            stdout.touch()
-            stderr.touch()
+            self._queued += 1
             try:
-                stage_inputs(request, inputs)
-            except BflowError as e:
-                stderr.write_text(f"bflow: {e}\n")
-                return self._finish(request, started, stdout, stderr, None, "failed", None, str(e), retryable=e.retryable)
-            executor = get_executor(request.transform.executor)
-            self._running[request.attempt_id] = executor
-            try:
-                outcome = executor.run(self._execution(request, inputs, outputs, stdout, stderr))
-            except BflowError as e:
-                with stderr.open("a") as f:
-                    f.write(f"bflow: {e}\n")
-                return self._finish(request, started, stdout, stderr, None, "failed", None, str(e))
+                await self.capacity.reserve(request.resources)
             finally:
-                self._running.pop(request.attempt_id, None)
-            outputs_cid = self.store.put_tree(outputs)
-            state = "completed" if outcome.exit_code == 0 and not outcome.timed_out else "failed"
-            error = outcome.error or (None if state == "completed" else f"exit code {outcome.exit_code}")
-            return self._finish(request, started, stdout, stderr, outputs_cid, state, outcome.exit_code, error)
-        except Exception as e:  # a bug or a broken disk: report it, never lose the shard silently
-            log.exception("shard %s failed on node %s", request.attempt_id, self.id)
-            return self._failed(request, started, f"node {self.id} failed: {e}", retryable=True)
+                self._queued -= 1
+            state["value"] = "running"
+            try:
+                loop = asyncio.get_running_loop()
+                result = await loop.run_in_executor(self._pool, self._run_blocking, request)
+            finally:
+                await self.capacity.release(request.resources)
+        except asyncio.CancelledError:
+            beat.cancel()
+            return
         finally:
-            make_writable(inputs)
-            shutil.rmtree(work, ignore_errors=True)
+            beat.cancel()
+        await self._deliver(result, requester)
+        asyncio.ensure_future(self.announce())  # capacity changed: tell the requesters soon
 
-    def _execution(self, request, inputs, outputs, stdout, stderr) -> Execution:
-        t = request.transform
-        env = dict(t.env)
-        env.update(
-            BFLOW_JOB_ID=request.job_id,
-            BFLOW_PIPELINE=request.pipeline,
-            BFLOW_SHARD_INDEX=str(request.shard_index),
-            BFLOW_SHARD_COUNT=str(request.shard_count),
-            BFLOW_SHARD_ID=request.shard_id,
-        )
-        return Execution(
-            cmd=t.cmd,
-            inputs_dir=inputs,
-            outputs_dir=outputs,
-            stdout_path=stdout,
-            stderr_path=stderr,
-            env=env,
-            stdin=t.stdin,
-            timeout=request.timeout,
-            image=t.image,
-            module=t.module,
-            network=request.network,
-            cpu=request.resources.cpu,
-            memory_bytes=request.resources.memory,
-        )
+    def _run_blocking(self, request: ShardRequest) -> ShardResult:
+        executor = get_executor(request.transform.executor)
+        self._running[request.attempt_id] = executor
+        try:
+            return run_shard_attempt(request, executor, self.store, self.work_root, self.id)
+        finally:
+            self._running.pop(request.attempt_id, None)
 
-    def _finish(self, request, started, stdout, stderr, outputs_cid, state, exit_code, error, retryable=False):
-        return ShardResult(
-            job_id=request.job_id,
-            shard_index=request.shard_index,
-            shard_id=request.shard_id,
-            attempt=request.attempt,
-            node=self.id,
-            state=state,
-            exit_code=exit_code,
-            error=error,
-            retryable=retryable,
-            outputs_cid=outputs_cid,
-            stdout_cid=self.store.put_file(stdout),
-            stderr_cid=self.store.put_file(stderr),
-            started=started,
-            ended=time.time(),
-        )
+    async def _heartbeat(self, request: ShardRequest, requester: str, state: dict) -> None:
+        subject = p.requester_subject(requester, "progress")
+        while True:
+            body = p.Progress(attempt_id=request.attempt_id, node=self.id, state=state["value"]).model_dump()
+            try:
+                await self.transport.publish(subject, Envelope("progress", body, sender=self.id))
+            except TransportError:
+                pass
+            await asyncio.sleep(self.heartbeat_seconds)
 
-    def _failed(self, request, started, error, retryable=True) -> ShardResult:
-        stderr_cid = self.store.put_bytes(f"bflow: {error}\n".encode())
-        return ShardResult(
-            job_id=request.job_id,
-            shard_index=request.shard_index,
-            shard_id=request.shard_id,
-            attempt=request.attempt,
-            node=self.id,
-            state="failed",
-            error=error,
-            retryable=retryable,
-            stdout_cid=self.store.put_bytes(b""),
-            stderr_cid=stderr_cid,
-            started=started,
-            ended=time.time(),
-        )
+    async def _deliver(self, result: ShardResult, requester: str) -> None:
+        """Offer the result until the requester acknowledges it (or gives up on us)."""
+        subject = p.requester_subject(requester, "result")
+        deadline = time.monotonic() + p.RESULT_DELIVERY_SECONDS
+        envelope = Envelope("shard_result", result.model_dump(), sender=self.id)
+        while time.monotonic() < deadline:
+            try:
+                await self.transport.request(subject, envelope, p.RESULT_ACK_TIMEOUT)
+                return
+            except TransportError as e:
+                log.info("result of %s not yet delivered: %s", result.job_id, e)
+                await asyncio.sleep(1.0)
+        log.warning("gave up delivering the result of attempt %s/%s/%s", result.job_id, result.shard_index,
+                    result.attempt)
+
+
+def _random_id() -> str:
+    import uuid
+
+    return "n-" + uuid.uuid4().hex[:16]
 
 
 def _loadable(name: str) -> bool:

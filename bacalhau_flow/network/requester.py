@@ -1,112 +1,216 @@
-"""The requester side of the network: knows the nodes, chooses one per shard attempt,
-hands the shard over and awaits its result.
+"""The requester side of the network: knows the nodes, asks several for bids, accepts
+one, follows the attempt by its heartbeats (a lease), and takes its result and outputs.
 
-Nodes are learned from their announcements. A shard goes to a node that could ever
-hold it, has its executor and carries the selector's labels, preferring nodes this
-shard has not failed on and then the least loaded. A shard no node could ever hold
-fails at once (`NoNodeCanRun`), instead of waiting forever.
+A shard goes to a node that could ever hold it, has its executor and carries the
+selector's labels, preferring nodes this shard has not failed on, nodes that can start
+it now, and the least loaded. A shard that no node could ever hold fails at once
+(`NoNodeCanRun`) instead of waiting forever. A node that stops heartbeating loses its
+lease: the attempt fails as retryable and Prefect's retry sends the shard elsewhere.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import logging
 import time
+import uuid
 
-from ..errors import NoNodeCanRun
-from ..transports.base import Envelope, NoResponders, RequestTimeout, Transport, TransportError
+from ..errors import ContentError, NoNodeCanRun
+from ..storage import ContentStore
+from ..storage.fetch import fetch_dag
+from ..transports.base import Envelope, Transport, TransportError
+from . import protocol as p
 from .messages import NodeInfo, ShardRequest, ShardResult
-from .node import ANNOUNCE, DISCOVER, cancel_subject, run_subject
 
-# How long past a shard's own timeout the requester waits for its result.
-RESULT_GRACE_SECONDS = 30.0
-NO_TIMEOUT_WAIT_SECONDS = 7 * 24 * 3600.0
+log = logging.getLogger("bacalhau_flow.requester")
+
+BIDDERS = 3  # nodes asked for a bid per attempt
+NO_BID_RETRY_SECONDS = 0.5
 
 
 class Requester:
-    def __init__(self, transport: Transport, *, requester_id: str = "requester"):
+    def __init__(self, transport: Transport, store: ContentStore, *, requester_id: str | None = None,
+                 lease_seconds: float = p.LEASE_SECONDS):
         self.transport = transport
-        self.id = requester_id
+        self.store = store
+        self.id = requester_id or getattr(transport, "node_id", None) or "r-" + uuid.uuid4().hex[:12]
+        self.lease_seconds = lease_seconds
         self.nodes: dict[str, NodeInfo] = {}
-        self._in_flight: dict[str, int] = {}  # node id -> shards this requester has there
+        self._heard: dict[str, float] = {}  # node id -> monotonic time of its last announcement
+        self._in_flight: dict[str, float] = {}  # node id -> cpu this requester has placed there
         self._failures: dict[str, int] = {}  # node id -> attempts that failed there
+        self._waiting: dict[str, tuple[asyncio.Future, list[float]]] = {}  # attempt id -> (result, [lease end])
         self._node_seen = asyncio.Event()
-        self._sub = None
+        self._subs: list = []
 
+    # -- lifecycle --------------------------------------------------------------
     async def start(self, expect_nodes: int = 1, wait: float = 5.0) -> None:
-        """Listen for announcements and ask nodes to announce; wait for `expect_nodes` of them."""
-        self._sub = await self.transport.subscribe(ANNOUNCE, self._on_announce)
-        await self.transport.publish(DISCOVER, Envelope("discover", {}, sender=self.id))
+        """Listen for announcements and ask nodes to announce; wait up to `wait` s for `expect_nodes`."""
+        t = self.transport
+        self._subs = [
+            await t.subscribe(p.ANNOUNCE, self._on_announce),
+            await t.subscribe(p.requester_subject(self.id, "progress"), self._on_progress),
+            await t.subscribe(p.requester_subject(self.id, "result"), self._on_result),
+        ]
+        await t.publish(p.DISCOVER, Envelope("discover", {}, sender=self.id))
         deadline = time.monotonic() + wait
-        while len(self.nodes) < expect_nodes and time.monotonic() < deadline:
+        while len(self.live_nodes()) < expect_nodes and time.monotonic() < deadline:
             self._node_seen.clear()
             try:
-                await asyncio.wait_for(self._node_seen.wait(), deadline - time.monotonic())
+                await asyncio.wait_for(self._node_seen.wait(), max(0.0, deadline - time.monotonic()))
             except asyncio.TimeoutError:
                 break
 
     async def stop(self) -> None:
-        if self._sub is not None:
-            await self._sub.unsubscribe()
+        for sub in self._subs:
+            await sub.unsubscribe()
 
+    def live_nodes(self) -> list[NodeInfo]:
+        now = time.monotonic()
+        return [n for n in self.nodes.values() if now - self._heard.get(n.id, 0) < p.NODE_TTL_SECONDS]
+
+    # -- handlers ---------------------------------------------------------------
     async def _on_announce(self, envelope: Envelope) -> None:
         info = NodeInfo.model_validate(envelope.body)
         self.nodes[info.id] = info
+        self._heard[info.id] = time.monotonic()
         self._node_seen.set()
+
+    async def _on_progress(self, envelope: Envelope) -> None:
+        progress = p.Progress.model_validate(envelope.body)
+        waiting = self._waiting.get(progress.attempt_id)
+        if waiting:
+            waiting[1][0] = time.monotonic() + self.lease_seconds
+
+    async def _on_result(self, envelope: Envelope) -> Envelope:
+        result = ShardResult.model_validate(envelope.body)
+        attempt_id = f"{result.job_id}/{result.shard_index}/{result.attempt}"
+        waiting = self._waiting.get(attempt_id)
+        if waiting and not waiting[0].done():
+            waiting[0].set_result(result)
+        # Always acknowledge: a late or repeated result is harmless, it is simply not used.
+        return Envelope("ack", {"attempt_id": attempt_id}, sender=self.id)
 
     # -- choosing ---------------------------------------------------------------
     def candidates(self, request: ShardRequest, selector: dict[str, str], avoid: set[str]) -> list[str]:
-        able = [
-            n for n in self.nodes.values()
-            if n.total.fits(request.resources)
-            and request.transform.executor in n.executors
-            and all(n.labels.get(k) == v for k, v in selector.items())
-        ]
+        """Node ids that could run the shard, best first. Raises NoNodeCanRun if none could ever."""
+        nodes = self.live_nodes()
+        able = [n for n in nodes if n.total.fits(request.resources)
+                and request.transform.executor in n.executors
+                and all(n.labels.get(k) == v for k, v in selector.items())]
         if not able:
-            raise NoNodeCanRun(_why_none(request, selector, list(self.nodes.values())),
+            raise NoNodeCanRun(_why_none(request, selector, nodes),
                                hint="lower `resources`, change `selector`, or add a node that fits")
 
         def rank(n: NodeInfo):
-            load = self._in_flight.get(n.id, 0) * request.resources.cpu / max(n.total.cpu, 1e-9)
-            return (n.id in avoid, self._failures.get(n.id, 0), load, n.id)
+            free = (n.free.cpu - self._in_flight.get(n.id, 0.0)) / max(n.total.cpu, 1e-9)
+            return (n.id in avoid, self._failures.get(n.id, 0), -free, n.id)
 
         return [n.id for n in sorted(able, key=rank)]
 
-    # -- dispatching ------------------------------------------------------------
+    async def _bid(self, node: str, request: ShardRequest, selector: dict) -> p.Bid | None:
+        body = {"request": request.model_dump(), "selector": selector}
+        try:
+            reply = await self.transport.request(p.node_subject(node, "bid"), Envelope("bid_request", body,
+                                                                                      sender=self.id), p.BID_TIMEOUT)
+            return p.Bid.model_validate(reply.body)
+        except TransportError as e:
+            log.info("no bid from %s: %s", node, e)
+            return None
+
+    async def place(self, request: ShardRequest, selector: dict[str, str], avoid: set[str]) -> str:
+        """Ask the best nodes for bids and have one accept the shard; return its id.
+        Raises NoNodeCanRun when every node says it never could."""
+        while True:
+            ranked = self.candidates(request, selector, avoid)
+            asked = ranked[:BIDDERS]
+            bids = [b for b in await asyncio.gather(*(self._bid(n, request, selector) for n in asked)) if b]
+            if bids and all(b.never for b in bids) and len(asked) == len(ranked):
+                raise NoNodeCanRun("; ".join(sorted({b.reason or "" for b in bids})))
+            order = {n: i for i, n in enumerate(asked)}
+            for bid in sorted((b for b in bids if b.accepted), key=lambda b: (not b.ready, b.queued, order[b.node])):
+                if await self._accept(bid.node, request, selector):
+                    return bid.node
+            await asyncio.sleep(NO_BID_RETRY_SECONDS)  # nobody answered: nodes may be restarting
+
+    async def _accept(self, node: str, request: ShardRequest, selector: dict) -> bool:
+        body = {"request": request.model_dump(), "selector": selector, "requester": self.id}
+        try:
+            reply = await self.transport.request(p.node_subject(node, "accept"),
+                                                 Envelope("accept", body, sender=self.id), p.ACCEPT_TIMEOUT)
+            return bool(reply.body.get("accepted"))
+        except TransportError as e:
+            log.info("accept not acknowledged by %s: %s", node, e)
+            return False
+
+    # -- running ----------------------------------------------------------------
     async def run(self, request: ShardRequest, selector: dict[str, str] | None = None,
                   avoid: set[str] | None = None, on_node=None) -> ShardResult:
-        """Run one attempt of a shard on the best node; never raises for a failed shard,
-        only `NoNodeCanRun` when no node could ever take it."""
-        node = self.candidates(request, selector or {}, avoid or set())[0]
-        if on_node:
-            on_node(node)
-        self._in_flight[node] = self._in_flight.get(node, 0) + 1
-        timeout = (request.timeout or NO_TIMEOUT_WAIT_SECONDS) + RESULT_GRACE_SECONDS
+        """Run one attempt of a shard on the best node. Never raises for a failed attempt
+        (it becomes a failed ShardResult); raises NoNodeCanRun when no node ever could."""
+        result_future: asyncio.Future = asyncio.get_running_loop().create_future()
+        lease = [time.monotonic() + self.lease_seconds]
+        self._waiting[request.attempt_id] = (result_future, lease)
+        node = None
         try:
-            reply = await self.transport.request(
-                run_subject(node), Envelope("shard_request", request.model_dump(), sender=self.id), timeout
-            )
-            result = ShardResult.model_validate(reply.body)
+            node = await self.place(request, selector or {}, avoid or set())
+            if on_node:
+                on_node(node)
+            self._in_flight[node] = self._in_flight.get(node, 0.0) + request.resources.cpu
+            lease[0] = time.monotonic() + self.lease_seconds
+            result = await self._await_result(result_future, lease, node, request)
+            if result.state == "completed":
+                result = await self._collect(result)
         except asyncio.CancelledError:
-            await self.cancel(node, request)
+            if node:
+                await self.cancel(node, request)
             raise
-        except (NoResponders, RequestTimeout, TransportError) as e:
-            self.nodes.pop(node, None) if isinstance(e, NoResponders) else None
-            result = ShardResult(
-                job_id=request.job_id, shard_index=request.shard_index, shard_id=request.shard_id,
-                attempt=request.attempt, node=node, state="failed", retryable=True,
-                error=f"lost node {node}: {e}",
-            )
         finally:
-            self._in_flight[node] -= 1
+            self._waiting.pop(request.attempt_id, None)
+            if node:
+                self._in_flight[node] -= request.resources.cpu
         if result.state != "completed":
-            self._failures[node] = self._failures.get(node, 0) + 1
+            self._failures[result.node] = self._failures.get(result.node, 0) + 1
+        return result
+
+    async def _await_result(self, future: asyncio.Future, lease: list[float], node: str,
+                            request: ShardRequest) -> ShardResult:
+        """The attempt's result, or a failed one when its node stops renewing the lease."""
+        while True:
+            remaining = lease[0] - time.monotonic()
+            if remaining <= 0:
+                self._heard.pop(node, None)  # not live until it announces again
+                await self.cancel(node, request)  # in case it is only slow: never two runs at once
+                return ShardResult(job_id=request.job_id, shard_index=request.shard_index,
+                                   shard_id=request.shard_id, attempt=request.attempt,
+                                   node=node, state="failed", retryable=True,
+                                   error=f"lost node {node}: no heartbeat for {self.lease_seconds:g}s")
+            try:
+                return await asyncio.wait_for(asyncio.shield(future), remaining)
+            except asyncio.TimeoutError:
+                continue
+
+    async def _collect(self, result: ShardResult) -> ShardResult:
+        """Copy the attempt's outputs and logs from its node, verified by CID."""
+        async def get_blocks(cids: list[str]) -> dict[str, bytes]:
+            reply = await self.transport.request(p.node_subject(result.node, "blocks"),
+                                                 Envelope("blocks", {"cids": cids}, sender=self.id), p.BLOCKS_TIMEOUT)
+            return {c: base64.b64decode(b) for c, b in reply.body["blocks"].items()}
+
+        try:
+            for cid in (result.outputs_cid, result.stdout_cid, result.stderr_cid):
+                if cid:
+                    await fetch_dag(self.store, cid, get_blocks)
+        except (ContentError, TransportError) as e:
+            return result.model_copy(update={"state": "failed", "retryable": True,
+                                             "error": f"outputs of node {result.node} could not be fetched: {e}"})
         return result
 
     async def cancel(self, node: str, request: ShardRequest) -> None:
         try:
-            await self.transport.request(
-                cancel_subject(node), Envelope("cancel", {"attempt_id": request.attempt_id}, sender=self.id), 5.0
-            )
+            await self.transport.request(p.node_subject(node, "cancel"),
+                                         Envelope("cancel", {"attempt_id": request.attempt_id}, sender=self.id), 5.0)
         except TransportError:
             pass
 

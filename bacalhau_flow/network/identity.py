@@ -1,0 +1,136 @@
+"""A node's identity is an ed25519 key (ARCHITECTURE.md decision 5).
+
+The node id derives from the public key, so nobody can claim an id without holding its
+key: `n-` and the first 16 characters of the lowercase, unpadded base32 of
+sha256(raw public key). Ids are letters, digits and one hyphen, safe as a subject word.
+
+Keys and signatures travel as urlsafe base64 of their raw bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from ..errors import BflowError
+
+_PUBLIC_KEY_LEN = 32
+_SIGNATURE_LEN = 64
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    """Strict urlsafe base64 decode. Raises ValueError (binascii.Error) or TypeError."""
+    return base64.b64decode(text, altchars=b"-_", validate=True)
+
+
+def node_id_for(public_key_b64: str) -> str:
+    """The node id of a public key (urlsafe base64 of its 32 raw bytes).
+
+    Raises ValueError when the key is not 32 bytes of urlsafe base64.
+    """
+    try:
+        raw = _unb64(public_key_b64)
+    except (binascii.Error, TypeError, ValueError) as e:
+        raise ValueError(f"not a base64 public key: {public_key_b64!r}") from e
+    if len(raw) != _PUBLIC_KEY_LEN:
+        raise ValueError(f"an ed25519 public key has {_PUBLIC_KEY_LEN} bytes, not {len(raw)}")
+    digest = base64.b32encode(hashlib.sha256(raw).digest()).decode("ascii")
+    return "n-" + digest.rstrip("=").lower()[:16]
+
+
+def verify(public_key_b64: str, data: bytes, signature_b64: str) -> bool:
+    """True when `signature_b64` is a valid ed25519 signature of `data` by the key.
+
+    Never raises: a malformed key or signature, or one of the wrong type, gives False.
+    """
+    try:
+        raw_key = _unb64(public_key_b64)
+        raw_sig = _unb64(signature_b64)
+        if len(raw_key) != _PUBLIC_KEY_LEN or len(raw_sig) != _SIGNATURE_LEN:
+            return False
+        Ed25519PublicKey.from_public_bytes(raw_key).verify(raw_sig, bytes(data))
+        return True
+    except (InvalidSignature, binascii.Error, TypeError, ValueError):
+        return False
+
+
+class Identity:
+    """One node's ed25519 private key, its public key and its node id."""
+
+    def __init__(self, private_key: Ed25519PrivateKey):
+        self._key = private_key
+        raw = private_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        self.public_key_b64 = _b64(raw)
+        self.node_id = node_id_for(self.public_key_b64)
+
+    @classmethod
+    def generate(cls) -> "Identity":
+        """A fresh identity that lives only in memory."""
+        return cls(Ed25519PrivateKey.generate())
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> "Identity":
+        """The identity kept in the key file at `path`, made (mode 0600) if there is none.
+
+        The file is a PEM private key (what this writes) or the raw 32-byte seed.
+        Parent folders are created. Raises BflowError when the file cannot be read or
+        written, or does not hold an ed25519 private key; the hint says to delete it.
+        """
+        path = Path(path)
+        if not path.exists():
+            identity = cls.generate()
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                return cls._load(path)  # another process made it first: share its identity
+            except OSError as e:
+                raise BflowError(f"cannot create the node key {path}: {e.strerror or e}") from e
+            with os.fdopen(fd, "wb") as f:
+                f.write(identity.private_pem())
+            return identity
+        return cls._load(path)
+
+    @classmethod
+    def _load(cls, path: Path) -> "Identity":
+        hint = f"delete {path} to make a new key (the node gets a new id)"
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise BflowError(f"cannot read the node key {path}: {e.strerror or e}", hint=hint) from e
+        try:
+            if data.lstrip().startswith(b"-----BEGIN"):
+                key = serialization.load_pem_private_key(data, password=None)
+            elif len(data) == 32:
+                key = Ed25519PrivateKey.from_private_bytes(data)
+            else:
+                key = None
+        except (ValueError, TypeError):
+            key = None  # corrupt, encrypted or unsupported PEM
+        if not isinstance(key, Ed25519PrivateKey):
+            raise BflowError(f"the node key {path} is not an ed25519 private key", hint=hint)
+        return cls(key)
+
+    def private_pem(self) -> bytes:
+        """The private key as unencrypted PKCS#8 PEM (what `load_or_create` writes)."""
+        return self._key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+
+    def sign(self, data: bytes) -> str:
+        """The ed25519 signature of `data`, as urlsafe base64."""
+        return _b64(self._key.sign(data))
+
+    def __repr__(self) -> str:
+        return f"Identity({self.node_id})"

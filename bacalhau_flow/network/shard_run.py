@@ -1,0 +1,78 @@
+"""One attempt of one shard on a node, start to end, in a work directory of its own:
+stage inputs, run the executor, store outputs and logs by CID, clean up. Blocking."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from ..errors import BflowError
+from ..executors import Execution, Executor
+from ..storage import ContentStore
+from .messages import ShardRequest, ShardResult
+from .staging import make_writable, stage_inputs
+
+log = logging.getLogger("bacalhau_flow.node")
+
+
+def run_shard_attempt(request: ShardRequest, executor: Executor, store: ContentStore, work_root: Path,
+                      node_id: str) -> ShardResult:
+    """Never raises: every way an attempt can end becomes a ShardResult with stdout and
+    stderr CIDs, so the requester always gets the logs back."""
+    started = time.time()
+    work = work_root / request.job_id / f"{request.shard_index}-{request.attempt}"
+    inputs, outputs = work / "inputs", work / "outputs"
+    stdout, stderr = work / "stdout", work / "stderr"
+
+    def result(state, exit_code=None, error=None, outputs_cid=None, retryable=False) -> ShardResult:
+        return ShardResult(
+            job_id=request.job_id, shard_index=request.shard_index, shard_id=request.shard_id,
+            attempt=request.attempt, node=node_id, state=state, exit_code=exit_code, error=error,
+            retryable=retryable, outputs_cid=outputs_cid,
+            stdout_cid=store.put_file(stdout) if stdout.exists() else store.put_bytes(b""),
+            stderr_cid=store.put_file(stderr) if stderr.exists() else store.put_bytes(f"bflow: {error}\n".encode()),
+            started=started, ended=time.time(),
+        )
+
+    try:
+        outputs.mkdir(parents=True, exist_ok=True)
+        stdout.touch()
+        stderr.touch()
+        try:
+            stage_inputs(request, inputs)
+            outcome = executor.run(_execution(request, inputs, outputs, stdout, stderr))
+        except BflowError as e:
+            with stderr.open("a") as f:
+                f.write(f"bflow: {e}\n")
+            return result("failed", error=str(e), retryable=e.retryable)
+        outputs_cid = store.put_tree(outputs)
+        if outcome.exit_code == 0 and not outcome.timed_out:
+            return result("completed", 0, outputs_cid=outputs_cid)
+        return result("failed", outcome.exit_code, outcome.error or f"exit code {outcome.exit_code}", outputs_cid)
+    except Exception as e:  # a bug or a broken disk: report it, never lose the shard silently
+        log.exception("shard attempt %s failed on node %s", request.attempt_id, node_id)
+        with stderr.open("a") as f:
+            f.write(f"bflow: node {node_id} failed: {e}\n")
+        return result("failed", error=f"node {node_id} failed: {e}", retryable=True)
+    finally:
+        make_writable(inputs)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _execution(request: ShardRequest, inputs: Path, outputs: Path, stdout: Path, stderr: Path) -> Execution:
+    t = request.transform
+    env = dict(t.env)
+    env.update(
+        BFLOW_JOB_ID=request.job_id,
+        BFLOW_PIPELINE=request.pipeline,
+        BFLOW_SHARD_INDEX=str(request.shard_index),
+        BFLOW_SHARD_COUNT=str(request.shard_count),
+        BFLOW_SHARD_ID=request.shard_id,
+    )
+    return Execution(
+        cmd=t.cmd, inputs_dir=inputs, outputs_dir=outputs, stdout_path=stdout, stderr_path=stderr, env=env,
+        stdin=t.stdin, timeout=request.timeout, image=t.image, module=t.module, network=request.network,
+        cpu=request.resources.cpu, memory_bytes=request.resources.memory,
+    )

@@ -1,0 +1,68 @@
+"""Node identity: an ed25519 key on disk, an id derived from it, signatures."""
+
+import re
+import stat
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from bacalhau_flow.errors import BflowError
+from bacalhau_flow.network.identity import Identity, node_id_for, verify
+
+
+def test_load_or_create_persists_the_key_with_mode_0600(tmp_path):
+    path = tmp_path / "deep" / "er" / "node.key"
+    first = Identity.load_or_create(path)
+    assert path.exists()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    again = Identity.load_or_create(path)
+    assert again.node_id == first.node_id
+    assert again.public_key_b64 == first.public_key_b64
+
+
+def test_a_raw_32_byte_seed_is_a_key_file(tmp_path):
+    key = Ed25519PrivateKey.generate()
+    path = tmp_path / "raw.key"
+    raw = serialization.Encoding.Raw
+    path.write_bytes(key.private_bytes(raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()))
+    assert Identity.load_or_create(path).node_id == Identity(key).node_id
+
+
+BAD_PEM = b"-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n"
+
+
+@pytest.mark.parametrize("content", [b"garbage", BAD_PEM, b""])
+def test_a_corrupt_key_file_raises_with_a_hint_to_delete_it(tmp_path, content):
+    path = tmp_path / "node.key"
+    path.write_bytes(content)
+    with pytest.raises(BflowError) as e:
+        Identity.load_or_create(path)
+    assert "delete" in e.value.hint and str(path) in e.value.hint
+
+
+def test_node_ids_derive_from_the_key_and_are_subject_safe():
+    a, b = Identity.generate(), Identity.generate()
+    assert a.node_id != b.node_id
+    for ident in (a, b):
+        assert re.fullmatch(r"n-[a-z2-7]{16}", ident.node_id)
+        assert node_id_for(ident.public_key_b64) == ident.node_id
+    with pytest.raises(ValueError):
+        node_id_for("not base64!")
+
+
+def test_sign_and_verify():
+    a, b = Identity.generate(), Identity.generate()
+    sig = a.sign(b"hello")
+    assert verify(a.public_key_b64, b"hello", sig)
+    assert not verify(a.public_key_b64, b"hellO", sig)
+    assert not verify(b.public_key_b64, b"hello", sig)
+    assert not verify(a.public_key_b64, b"hello", b.sign(b"hello"))
+
+
+@pytest.mark.parametrize(
+    "key, sig",
+    [("", ""), ("!!!", "???"), (None, None), (123, b"x"), ("AAAA", "AAAA"), ("A" * 43 + "=", "A" * 86 + "==")],
+)
+def test_verify_never_raises_on_malformed_input(key, sig):
+    assert verify(key, b"data", sig) is False
