@@ -37,6 +37,8 @@ def configure_prefect(quiet: bool = True) -> None:
             "PREFECT_API_DATABASE_CONNECTION_URL", f"sqlite+aiosqlite:///{prefect_home / 'prefect.db'}"
         )
         os.environ.setdefault("PREFECT_SERVER_ALLOW_EPHEMERAL_MODE", "true")
+        # Prefect's default of 20 s is too short on a busy 2-core machine (start-up ~9 s idle).
+        os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     if quiet:
         # bflow shows its own progress and summary; Prefect's records still go to its API.
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")

@@ -69,8 +69,13 @@ class JobRun:
         request = self.request(shard, attempt)
         last_attempt = attempt > self.pipeline.retries
         tried = self._tried.setdefault(index, set())
+
+        def accepted_by(node: str) -> None:
+            tried.add(node)
+            self.jobs.assign_node(self.job.id, index, attempt, node)
+
         try:
-            result = await requester.run(request, self.pipeline.selector, avoid=tried, on_node=tried.add)
+            result = await requester.run(request, self.pipeline.selector, avoid=tried, on_node=accepted_by)
         except NoNodeCanRun as e:
             self._record(ShardResult(job_id=self.job.id, shard_index=index, shard_id=shard.id, attempt=attempt,
                                      node="", state="failed", error=str(e)), final=True)

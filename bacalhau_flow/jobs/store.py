@@ -170,6 +170,13 @@ class JobStore:
             )
         return attempt
 
+    def assign_node(self, job_id: str, index: int, attempt: int, node: str) -> None:
+        """Record which node accepted a running attempt."""
+        with self._lock:
+            self._db.execute("UPDATE shards SET node=? WHERE job_id=? AND idx=?", (node, job_id, index))
+            self._db.execute("UPDATE attempts SET node=? WHERE job_id=? AND idx=? AND attempt=?",
+                             (node, job_id, index, attempt))
+
     def finish_attempt(self, job_id: str, index: int, attempt: int, *, state: str, node: str | None,
                        exit_code: int | None, cid: str | None, stdout_cid: str | None,
                        stderr_cid: str | None, error: str | None, started: float | None = None,

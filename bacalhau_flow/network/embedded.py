@@ -22,7 +22,7 @@ EMBEDDED_NODES = 3
 
 def embedded_node_capacity(nodes: int) -> Capacity:
     """Each embedded node may use every core (they share the machine, as Bacalhau's
-    devstack does) and an equal part of the memory."""
+    devstack does) and an equal part of the memory and disk."""
     machine = machine_capacity()
     return Capacity(cpu=machine.cpu, memory=machine.memory // nodes, disk=machine.disk // nodes, gpu=0)
 

@@ -42,6 +42,7 @@ class Requester:
         self._failures: dict[str, int] = {}  # node id -> attempts that failed there
         self._waiting: dict[str, tuple[asyncio.Future, list[float]]] = {}  # attempt id -> (result, [lease end])
         self._node_seen = asyncio.Event()
+        self._placing = asyncio.Lock()  # one placement at a time, so each sees the last one's load
         self._subs: list = []
 
     # -- lifecycle --------------------------------------------------------------
@@ -120,8 +121,15 @@ class Requester:
             return None
 
     async def place(self, request: ShardRequest, selector: dict[str, str], avoid: set[str]) -> str:
-        """Ask the best nodes for bids and have one accept the shard; return its id.
-        Raises NoNodeCanRun when every node says it never could."""
+        """Ask the best nodes for bids and have one accept the shard; return its id (its
+        cpu counted in `_in_flight` until the attempt ends). Raises NoNodeCanRun when
+        every node says it never could."""
+        async with self._placing:
+            node = await self._place(request, selector, avoid)
+            self._in_flight[node] = self._in_flight.get(node, 0.0) + request.resources.cpu
+            return node
+
+    async def _place(self, request: ShardRequest, selector: dict[str, str], avoid: set[str]) -> str:
         while True:
             ranked = self.candidates(request, selector, avoid)
             asked = ranked[:BIDDERS]
@@ -157,11 +165,8 @@ class Requester:
             node = await self.place(request, selector or {}, avoid or set())
             if on_node:
                 on_node(node)
-            self._in_flight[node] = self._in_flight.get(node, 0.0) + request.resources.cpu
             lease[0] = time.monotonic() + self.lease_seconds
-            result = await self._await_result(result_future, lease, node, request)
-            if result.state == "completed":
-                result = await self._collect(result)
+            result = await self._collect(await self._await_result(result_future, lease, node, request))
         except asyncio.CancelledError:
             if node:
                 await self.cancel(node, request)
@@ -192,7 +197,8 @@ class Requester:
                 continue
 
     async def _collect(self, result: ShardResult) -> ShardResult:
-        """Copy the attempt's outputs and logs from its node, verified by CID."""
+        """Copy the attempt's outputs and logs from its node, verified by CID, also when
+        the attempt failed (its logs are what the user needs then)."""
         async def get_blocks(cids: list[str]) -> dict[str, bytes]:
             reply = await self.transport.request(p.node_subject(result.node, "blocks"),
                                                  Envelope("blocks", {"cids": cids}, sender=self.id), p.BLOCKS_TIMEOUT)
@@ -203,8 +209,13 @@ class Requester:
                 if cid:
                     await fetch_dag(self.store, cid, get_blocks)
         except (ContentError, TransportError) as e:
-            return result.model_copy(update={"state": "failed", "retryable": True,
-                                             "error": f"outputs of node {result.node} could not be fetched: {e}"})
+            lost = f"outputs of node {result.node} could not be fetched: {e}"
+            error = lost if result.state == "completed" else f"{result.error}; {lost}"
+            # Only CIDs that are here may be recorded: the job's results are read from this store.
+            present = {k: (c if c and self.store.has(c) else None)
+                       for k, c in (("outputs_cid", result.outputs_cid), ("stdout_cid", result.stdout_cid),
+                                    ("stderr_cid", result.stderr_cid))}
+            return result.model_copy(update={"state": "failed", "retryable": True, "error": error, **present})
         return result
 
     async def cancel(self, node: str, request: ShardRequest) -> None:

@@ -51,7 +51,7 @@ class Inbox:
         end = time.monotonic() + deadline
         while len(self.got) < count:
             if time.monotonic() > end:
-                pytest.fail(f"expected {count} deliveries within {deadline:g}s, got {len(self.got)}")
+                pytest.fail(f"expected {count} deliveries within {deadline:g}s, got {len(self.got)}: {self.bodies()}")
             await asyncio.sleep(0.005)
         return self.got
 
