@@ -20,6 +20,7 @@ import typer
 
 from .. import __version__
 from ..errors import BflowError, JobCancelled
+from . import network as network_cli
 from . import render
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -271,7 +272,7 @@ def version(network: Optional[str] = typer.Option(None, help="also show the node
     """The client version, and the versions of the nodes it can see."""
     print(f"bflow {__version__}")
     if network:
-        raise _not_yet("showing node versions of a network")
+        network_cli.version_of_network(network)
 
 
 # -- not yet ---------------------------------------------------------------------
@@ -290,9 +291,7 @@ def _later(name: str, what: str, doc: str):
 
 _later("deploy", "deploying pipelines with schedules", "Register Prefect deployments with their schedules.")
 _later("serve", "serving deployments", "Run the deployments' schedules.")
-_later("devstack", "a devstack of peer nodes", "A local network of N compute nodes.")
-_later("node", "a standalone compute node", "Start one compute node.")
-_later("nodes", "listing network nodes", "The nodes and their capacity.")
+network_cli.register(app, command)
 _later("network", "the network picture", "A picture of the network and of where shards ran.")
 
 

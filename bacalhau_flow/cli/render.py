@@ -11,8 +11,9 @@ from rich.table import Table
 
 from ..errors import BflowError
 
-out = Console()
-err = Console(stderr=True)
+# Piped output keeps whole lines (ids, CIDs) rather than folding them at 80 columns.
+out = Console(width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 STATE_STYLE = {
     "completed": "green", "failed": "red", "cancelled": "yellow", "running": "cyan",
@@ -97,3 +98,17 @@ def plan_table(plan) -> Table:
     if len(plan.shards) > 200:
         table.add_row("…", f"{len(plan.shards) - 200} more", "")
     return table
+
+
+def nodes_table(nodes) -> Table:
+    table = Table("NODE", "VERSION", "EXECUTORS", "LABELS", "CPU free/total", "MEMORY free/total", "GPU",
+                  "RUNNING", "QUEUED", box=None)
+    for n in nodes:
+        table.add_row(n.id, n.version, ",".join(n.executors), ",".join(f"{k}={v}" for k, v in n.labels.items()) or "-",
+                      f"{n.free.cpu:g}/{n.total.cpu:g}", f"{_gib(n.free.memory)}/{_gib(n.total.memory)}",
+                      f"{n.free.gpu}/{n.total.gpu}", str(n.running), str(n.queued))
+    return table
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f}Gi"

@@ -11,7 +11,9 @@ TRANSPORTS = Registry(
     "transport",
     {
         "memory": ("bacalhau_flow.transports.memory:MemoryTransport", None),
-        "nats": (None, "the NATS transport arrives with the peer network; use the embedded network for now"),
+        # A plugin with its own package (plugins/bacalhau-flow-nats); named here for its install hint.
+        "nats": ("bacalhau_flow_nats.transport:NatsTransport",
+                 "install the NATS plugin: pip install -e plugins/bacalhau-flow-nats (scripts/setup.sh does)"),
     },
 )
 

@@ -1,0 +1,146 @@
+"""`bflow devstack`, `bflow node`, `bflow nodes`: the peer network from the command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .. import __version__
+from ..errors import BflowError
+from . import render
+
+
+def _size(value: Optional[str], field: str) -> Optional[int]:
+    if value is None:
+        return None
+    from ..spec.values import parse_size
+
+    try:
+        return parse_size(value)
+    except (ValueError, TypeError) as e:
+        raise BflowError(f"--{field}: {e}", hint="sizes look like 512Mi, 4Gi or 1000000") from None
+
+
+def _labels(items: list[str]) -> dict[str, str]:
+    labels = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise BflowError(f"--label {item!r} is not key=value", hint="e.g. --label region=eu")
+        labels[key] = value
+    return labels
+
+
+def _wait_for_signal() -> None:
+    """Block until SIGINT or SIGTERM."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(0.5):
+        pass
+
+
+def capacity_from(cpu, memory, disk, gpu):
+    from ..network.capacity import machine_capacity
+
+    machine = machine_capacity(gpus=gpu or 0)
+    return machine.model_copy(update={k: v for k, v in
+                                      dict(cpu=cpu, memory=_size(memory, "memory"), disk=_size(disk, "disk")).items()
+                                      if v is not None})
+
+
+def devstack(nodes: int = typer.Option(3, "--nodes", "-n", min=1, help="compute nodes to start"),
+             transport: str = typer.Option("nats", help="nats (joinable by other processes) or memory"),
+             port: int = typer.Option(0, help="nats-server port (0: any free port)")):
+    """A local network of N compute nodes; prints the URL for `bflow run --network`."""
+    from ..home import bflow_home
+    from ..network.devstack import Devstack
+
+    if transport == "memory":
+        raise BflowError("a memory devstack is reachable only from inside its own process",
+                         hint="use --transport nats for a devstack other commands can join; "
+                              "`bflow run` without --network already runs an in-process network")
+    if transport != "nats":
+        raise BflowError(f"unknown transport {transport!r}", hint="use nats or memory")
+    try:
+        from bacalhau_flow_nats.server import NatsServer
+    except ImportError as e:
+        raise BflowError("the NATS plugin is not installed", hint="pip install -e plugins/bacalhau-flow-nats") from e
+    server = NatsServer(port).start()
+    try:
+        with Devstack(server.url, nodes, root=bflow_home() / "devstack"):
+            print(server.url, flush=True)
+            render.err.print(f"{nodes} nodes on {server.url}; run pipelines with "
+                             f"`bflow run SPEC --network {server.url}`; Ctrl-C stops", highlight=False)
+            _wait_for_signal()
+    finally:
+        server.stop()
+
+
+def node(network: str = typer.Option(..., help="network URL, e.g. nats://127.0.0.1:4222"),
+         label: list[str] = typer.Option([], help="k=v, repeatable"),
+         cpu: Optional[float] = typer.Option(None, help="cores to offer (default: all)"),
+         memory: Optional[str] = typer.Option(None, help="memory to offer, e.g. 4Gi (default: all)"),
+         disk: Optional[str] = typer.Option(None, help="disk to offer, e.g. 20Gi (default: free space)"),
+         gpu: Optional[int] = typer.Option(None, help="GPUs to offer (default: those nvidia-smi lists)"),
+         name: str = typer.Option("default", help="local name: its key and store live under $BFLOW_HOME/nodes/NAME")):
+    """Start one compute node and serve until Ctrl-C."""
+    from ..home import nodes_root
+    from ..network.devstack import Devstack
+
+    labels = _labels(label)
+    capacity = capacity_from(cpu, memory, disk, gpu)
+    root = nodes_root() / name
+    with Devstack(network, 1, capacity=capacity, labels=[labels], root=root, keys=[root / "node.key"]) as stack:
+        info = stack.nodes[0].info()
+        print(info.id, flush=True)
+        render.err.print(f"node {info.id} on {network}: cpu={info.total.cpu:g} memory={info.total.memory} "
+                         f"disk={info.total.disk} gpu={info.total.gpu} labels={labels}", highlight=False)
+        _wait_for_signal()
+
+
+async def discover(url: str, wait: float = 2.0):
+    from ..home import store_root
+    from ..network.embedded import client_identity
+    from ..network.requester import Requester
+    from ..storage import ContentStore
+    from ..transports import transport_for
+    from ..transports.signing import SignedTransport
+
+    transport = SignedTransport(transport_for(url), client_identity())
+    await transport.connect()
+    requester = Requester(transport, ContentStore(store_root()))
+    try:
+        await requester.start(expect_nodes=10**6, wait=wait)  # listen the whole time
+        return sorted(requester.live_nodes(), key=lambda n: n.id)
+    finally:
+        await requester.stop()
+        await transport.close()
+
+
+def nodes(network: str = typer.Option(..., help="network URL"), as_json: bool = typer.Option(False, "--json"),
+          wait: float = typer.Option(2.0, help="seconds to listen for announcements")):
+    """The nodes of a network and their capacity."""
+    found = asyncio.run(discover(network, wait))
+    if as_json:
+        sys.stdout.write(json.dumps([n.model_dump() for n in found], indent=2) + "\n")
+        return
+    render.out.print(render.nodes_table(found))
+
+
+def version_of_network(network: str) -> None:
+    for n in asyncio.run(discover(network)):
+        print(f"node {n.id} {n.version}")
+
+
+def register(app: typer.Typer, command) -> None:
+    command("devstack")(devstack)
+    command("node")(node)
+    command("nodes")(nodes)
