@@ -12,12 +12,12 @@ fi
 # requirements.lock pins every package (see README "Pinned versions" for why prefect and
 # fastapi are held where they are). The hash of the lock file marks a finished install.
 stamp=.venv/.bflow-installed
-want=$(sha256sum requirements.lock pyproject.toml | sha256sum | cut -c1-16)
+want=$(sha256sum requirements.lock pyproject.toml plugins/*/pyproject.toml | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "setup: installing pinned packages" >&2
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q -r requirements.lock
-    .venv/bin/python -m pip install -q --no-deps -e .
+    .venv/bin/python -m pip install -q --no-deps -e . -e plugins/bacalhau-flow-nats
     echo "$want" > "$stamp"
 fi
 echo "setup: ready ($(.venv/bin/bflow version))" >&2
