@@ -459,11 +459,6 @@ class TransportContract:
 
         self.play(make_transport, scenario)
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="seam: Envelope.encode uses json.dumps with allow_nan=True, so NaN/Infinity go out as "
-        "`NaN`, which is not JSON; fix in transports/base.py: json.dumps(..., allow_nan=False)",
-    )
     def test_non_finite_numbers_are_not_json(self):
         for value in (math.nan, math.inf, -math.inf):
             with pytest.raises(ValueError):

@@ -43,7 +43,7 @@ class Envelope:
     sent: float = field(default_factory=time.time)
 
     def encode(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        return json.dumps(asdict(self), separators=(",", ":"), allow_nan=False).encode()
 
     @classmethod
     def decode(cls, data: bytes) -> "Envelope":

@@ -11,7 +11,7 @@ import asyncio
 import random
 from dataclasses import dataclass
 
-from .base import Envelope, Handler, NoResponders, RequestTimeout, Subscription, Transport
+from .base import Envelope, Handler, NoResponders, RequestTimeout, Subscription, Transport, TransportError
 
 
 @dataclass
@@ -63,13 +63,24 @@ class MemoryTransport(Transport):
         super().__init__(url or "memory://default")
         self.hub = hub or MemoryHub.named(self.url.removeprefix("memory://") or "default")
         self._subs: list[_MemorySubscription] = []
+        self._pending: set[asyncio.Future] = set()
+        self._closed = False
 
     async def close(self) -> None:
+        self._closed = True
         for sub in self._subs:
             await sub.unsubscribe()
         self._subs.clear()
+        for future in list(self._pending):
+            if not future.done():
+                future.set_exception(TransportError("the connection was closed while waiting for a reply"))
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TransportError(f"the connection to {self.url} is closed")
 
     async def subscribe(self, subject: str, handler: Handler) -> Subscription:
+        self._check_open()
         entry = (handler, asyncio.get_running_loop())
         self.hub.subscribers.setdefault(subject, []).append(entry)
         sub = _MemorySubscription(self.hub, subject, entry)
@@ -77,12 +88,14 @@ class MemoryTransport(Transport):
         return sub
 
     async def publish(self, subject: str, envelope: Envelope) -> None:
+        self._check_open()
         wire = envelope.encode()
         for handler, loop in self.hub.handlers_for(subject):
             for _ in range(self._copies()):
                 _call_soon(loop, self._deliver(handler, wire))
 
     async def request(self, subject: str, envelope: Envelope, timeout: float) -> Envelope:
+        self._check_open()
         handlers = self.hub.handlers_for(subject)
         if not handlers:
             raise NoResponders(f"no node answers on {subject}")
@@ -98,13 +111,23 @@ class MemoryTransport(Transport):
             else asyncio.ensure_future(self._deliver(handler, wire))
             for _ in range(copies)
         ]
+        answer = asyncio.ensure_future(_first(futures[0]))
+        aborted = asyncio.get_running_loop().create_future()  # failed by close()
+        self._pending.add(aborted)
         try:
-            reply = await asyncio.wait_for(futures[0], timeout)
-        except asyncio.TimeoutError as e:
-            raise RequestTimeout(f"no reply on {subject} within {timeout:g}s") from e
+            done, _ = await asyncio.wait({answer, aborted}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._pending.discard(aborted)
+        if not done:
+            answer.cancel()
+            raise RequestTimeout(f"no reply on {subject} within {timeout:g}s")
+        reply = done.pop().result()
         if reply is None:
             raise NoResponders(f"the handler of {subject} sent no reply")
-        return Envelope.decode(reply.encode())
+        try:
+            return Envelope.decode(reply.encode())
+        except (TypeError, ValueError) as e:
+            raise TransportError(f"the reply on {subject} is not JSON: {e}") from e
 
     def _copies(self) -> int:
         f = self.hub.faults
@@ -118,6 +141,16 @@ class MemoryTransport(Transport):
         if self.hub.faults.delay:
             await asyncio.sleep(self.hub.faults.random.uniform(0, self.hub.faults.delay))
         return await handler(Envelope.decode(wire))
+
+
+async def _first(future):
+    """The handler's reply; a handler that raised becomes a TransportError, as over a wire."""
+    try:
+        return await future
+    except asyncio.CancelledError:
+        raise
+    except Exception as e:
+        raise TransportError(f"the handler failed: {type(e).__name__}: {e}") from e
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, coro) -> None:

