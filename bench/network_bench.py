@@ -94,12 +94,15 @@ def latency() -> None:
 
     from bacalhau_flow.network.requester import Requester
     from bacalhau_flow.storage import ContentStore
+    from bacalhau_flow.network.identity import Identity
     from bacalhau_flow.transports import transport_for
+    from bacalhau_flow.transports.signing import SignedTransport
 
     server = NatsServer().start()
 
     async def first_bid() -> float:
-        requester = Requester(transport_for(server.url), ContentStore(ROOT / "lat-store"))
+        requester = Requester(SignedTransport(transport_for(server.url), Identity.generate()),
+                              ContentStore(ROOT / "lat-store"))
         await requester.transport.connect()
         await requester.start(expect_nodes=0, wait=0)
         started = time.perf_counter()
@@ -109,11 +112,13 @@ def latency() -> None:
             from bacalhau_flow.network.messages import ShardRequest, TransformRef
             request = ShardRequest(job_id="j-lat", pipeline="p", shard_index=0, shard_id="s", shard_count=1,
                                    transform=TransformRef(cmd=["true"]), inputs=[], datums=[])
-            while True:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
                 nodes = requester.live_nodes()
                 if nodes and await requester._bid(nodes[0].id, request, {}):
                     return time.perf_counter() - started
                 await asyncio.sleep(0.01)
+            raise RuntimeError("the node never answered a bid")
         finally:
             proc.terminate()
             proc.wait()

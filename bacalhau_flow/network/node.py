@@ -51,6 +51,7 @@ class ComputeNode:
         self._pool = ThreadPoolExecutor(max_workers=max(4, int(capacity.cpu * 10)), thread_name_prefix=self.id)
         self._subs: list = []
         self._announcer: asyncio.Task | None = None
+        self._announce_pending: asyncio.Task | None = None
         self.started_at = time.time()
 
     # -- lifecycle --------------------------------------------------------------
@@ -68,8 +69,9 @@ class ComputeNode:
         self._announcer = asyncio.ensure_future(self._announce_forever())
 
     async def stop(self) -> None:
-        if self._announcer:
-            self._announcer.cancel()
+        for task in (self._announcer, self._announce_pending):
+            if task:
+                task.cancel()
         for sub in self._subs:
             await sub.unsubscribe()
         for executor in list(self._running.values()):
@@ -88,6 +90,15 @@ class ComputeNode:
             await self.transport.publish(p.ANNOUNCE, Envelope("node_info", self.info().model_dump(), sender=self.id))
         except TransportError as e:  # the network is away; the next announcement will do
             log.debug("announce failed: %s", e)
+
+    def _announce_soon(self, delay: float = 0.25) -> None:
+        """One announcement shortly, however many shards end before it goes out."""
+        if self._announce_pending is None or self._announce_pending.done():
+            async def later() -> None:
+                await asyncio.sleep(delay)
+                await self.announce()
+
+            self._announce_pending = asyncio.ensure_future(later())
 
     async def _announce_forever(self) -> None:
         while True:
@@ -165,7 +176,7 @@ class ComputeNode:
         finally:
             beat.cancel()
         await self._deliver(result, requester)
-        asyncio.ensure_future(self.announce())  # capacity changed: tell the requesters soon
+        self._announce_soon()  # capacity changed: tell the requesters soon
 
     def _run_blocking(self, request: ShardRequest) -> ShardResult:
         executor = get_executor(request.transform.executor)
@@ -177,13 +188,13 @@ class ComputeNode:
 
     async def _heartbeat(self, request: ShardRequest, requester: str, state: dict) -> None:
         subject = p.requester_subject(requester, "progress")
-        while True:
+        while True:  # the accept started the lease: the first beat is due one interval later
+            await asyncio.sleep(self.heartbeat_seconds)
             body = p.Progress(attempt_id=request.attempt_id, node=self.id, state=state["value"]).model_dump()
             try:
                 await self.transport.publish(subject, Envelope("progress", body, sender=self.id))
             except TransportError:
                 pass
-            await asyncio.sleep(self.heartbeat_seconds)
 
     async def _deliver(self, result: ShardResult, requester: str) -> None:
         """Offer the result until the requester acknowledges it (or gives up on us)."""

@@ -41,3 +41,32 @@ def write_spec(tmp_path: Path, text: str, name: str = "spec.yaml") -> Path:
     path = tmp_path / name
     path.write_text(text)
     return path
+
+
+def wait_for_running_shard(pipeline: str, timeout: float = 60):
+    """The first (job, shard) of `pipeline` seen running on a node, polling the job store."""
+    import time
+
+    from bacalhau_flow.home import jobs_db
+    from bacalhau_flow.jobs.store import JobStore
+
+    store = JobStore(jobs_db())
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for job in store.list_jobs(limit=20):
+            if job.pipeline == pipeline and job.state == "running":
+                running = [s for s in store.get(job.id).shards if s.state == "running" and s.node]
+                if running:
+                    return job, running[0]
+        time.sleep(0.1)
+    raise AssertionError(f"no shard of {pipeline} started running within {timeout:g}s")
+
+
+def run_in_thread(*args):
+    """Run `bflow` in a thread; returns the thread and a dict that holds the Outcome as "r"."""
+    import threading
+
+    holder = {}
+    thread = threading.Thread(target=lambda: holder.setdefault("r", bflow(*args)))
+    thread.start()
+    return thread, holder

@@ -4,7 +4,7 @@ import os
 import signal
 import time
 
-from cli_helpers import bflow, bflow_process, write_spec
+from cli_helpers import bflow, bflow_process, wait_for_running_shard, write_spec
 
 from bacalhau_flow.home import jobs_db
 from bacalhau_flow.jobs.store import JobStore
@@ -118,15 +118,7 @@ def test_ctrl_c_marks_the_job_cancelled_and_nothing_half_done_as_done(tmp_path):
                                "transform: {cmd: [sh, -c, 'sleep 60; echo done > $BFLOW_OUTPUTS/x']}\n")
     proc = bflow_process("run", spec, "--json", start_new_session=True)
     store = JobStore(jobs_db())
-    deadline = time.monotonic() + 60
-    job = None
-    while time.monotonic() < deadline:
-        jobs = [j for j in store.list_jobs() if j.pipeline == "long" and j.state == "running"]
-        if jobs and any(s.state == "running" for s in store.get(jobs[0].id).shards):
-            job = jobs[0]
-            break
-        time.sleep(0.2)
-    assert job is not None, "the job never started running"
+    job, _ = wait_for_running_shard("long")
     os.kill(proc.pid, signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr.decode()

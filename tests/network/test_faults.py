@@ -1,11 +1,10 @@
 """Faults on the memory transport: lost nodes, lost and repeated messages, forgeries,
 capacity limits. Nothing is lost, nothing runs twice at once, no output is doubled."""
 
-import threading
 import time
 import uuid
 
-from cli_helpers import bflow, write_spec
+from cli_helpers import bflow, run_in_thread, wait_for_running_shard, write_spec
 
 from bacalhau_flow.home import jobs_db
 from bacalhau_flow.jobs.store import JobStore
@@ -22,14 +21,6 @@ def data_dir(tmp_path, n=6):
     return d
 
 
-def run_async(args):
-    """Run `bflow` in a thread; returns (thread, holder of the outcome)."""
-    holder = {}
-    thread = threading.Thread(target=lambda: holder.setdefault("r", bflow(*args)))
-    thread.start()
-    return thread, holder
-
-
 def test_a_node_lost_mid_shard_is_replaced_and_nothing_is_lost_or_doubled(tmp_path):
     url = f"memory://lost-{uuid.uuid4().hex[:6]}"
     data_dir(tmp_path, 3)
@@ -37,17 +28,8 @@ def test_a_node_lost_mid_shard_is_replaced_and_nothing_is_lost_or_doubled(tmp_pa
                                 "resources: {cpu: 1}\n"
                                 "transform: {cmd: [sh, -c, 'sleep 2; cp $BFLOW_INPUTS/d/* $BFLOW_OUTPUTS/']}\n")
     with Devstack(url, nodes=3, root=tmp_path / "nodes", capacity=Capacity(cpu=1, memory=2**30, disk=2**34)) as stack:
-        thread, holder = run_async(["run", spec, "--network", url, "--json"])
-        store = JobStore(jobs_db())
-        victim = None
-        deadline = time.monotonic() + 60
-        while victim is None and time.monotonic() < deadline:
-            jobs = [j for j in store.list_jobs() if j.pipeline == "survive" and j.state == "running"]
-            running = [s for s in store.get(jobs[0].id).shards if s.state == "running" and s.node] if jobs else []
-            if running:
-                victim = running[0].node
-            time.sleep(0.1)
-        assert victim, "no shard started"
+        thread, holder = run_in_thread("run", spec, "--network", url, "--json")
+        victim = wait_for_running_shard("survive")[1].node
         stack.kill(next(i for i, n in enumerate(stack.nodes) if n.id == victim))
         thread.join(120)
     job = holder["r"].json()
@@ -57,7 +39,7 @@ def test_a_node_lost_mid_shard_is_replaced_and_nothing_is_lost_or_doubled(tmp_pa
     got = tmp_path / "got"
     bflow("get", job["id"], "-o", got)
     assert sorted(p.name for p in (got / "outputs").iterdir()) == ["f0", "f1", "f2"]
-    attempts = store.attempts(job["id"], moved[0]["index"])
+    attempts = JobStore(jobs_db()).attempts(job["id"], moved[0]["index"])
     assert attempts[0]["node"] == victim and "lost node" in attempts[0]["error"]
 
 

@@ -5,13 +5,9 @@ import os
 import signal
 import subprocess
 import sys
-import threading
-import time
 
-from cli_helpers import bflow, write_spec
+from cli_helpers import bflow, run_in_thread, wait_for_running_shard, write_spec
 
-from bacalhau_flow.home import jobs_db
-from bacalhau_flow.jobs.store import JobStore
 from bacalhau_flow.network.devstack import Devstack
 
 
@@ -32,26 +28,12 @@ def shards_spec(tmp_path, name: str, count: int, seconds: float):
                                 f"transform: {{cmd: [sh, -c, 'sleep {seconds}; cp $BFLOW_INPUTS/d/* $BFLOW_OUTPUTS/']}}\n")
 
 
-def run_in_thread(*args):
-    holder = {}
-    thread = threading.Thread(target=lambda: holder.setdefault("r", bflow(*args)))
-    thread.start()
-    return thread, holder
-
-
 def test_node_process_killed_mid_shard(tmp_path, nats_server):
     spec = shards_spec(tmp_path, "killed", 3, 3)
     nodes = [start_node(nats_server.url, f"kill-{i}") for i in range(3)]
     try:
         thread, holder = run_in_thread("run", spec, "--network", nats_server.url, "--json")
-        store = JobStore(jobs_db())
-        victim, deadline = None, time.monotonic() + 60
-        while victim is None and time.monotonic() < deadline:
-            jobs = [j for j in store.list_jobs() if j.pipeline == "killed" and j.state == "running"]
-            running = [s for s in store.get(jobs[0].id).shards if s.state == "running" and s.node] if jobs else []
-            victim = running[0].node if running else None
-            time.sleep(0.1)
-        assert victim, "no shard started"
+        victim = wait_for_running_shard("killed")[1].node
         proc = next(p for p in nodes if p.node_id == victim)
         os.kill(proc.pid, signal.SIGKILL)
         thread.join(180)
@@ -76,13 +58,7 @@ def test_nats_server_restarted_mid_job(tmp_path):
     try:
         with Devstack(server.url, nodes=2, root=tmp_path / "nodes"):
             thread, holder = run_in_thread("run", spec, "--network", server.url, "--json")
-            store = JobStore(jobs_db())
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                jobs = [j for j in store.list_jobs() if j.pipeline == "restarted" and j.state == "running"]
-                if jobs and any(s.state == "running" and s.node for s in store.get(jobs[0].id).shards):
-                    break
-                time.sleep(0.1)
+            wait_for_running_shard("restarted")
             server.restart(down_for=1.0)
             thread.join(180)
     finally:
