@@ -143,7 +143,7 @@ def scale(sizes: list[int], shards: int = 1000) -> None:
         url = f"memory://scale-{uuid.uuid4().hex[:6]}"
         joined = time.perf_counter()
         capacity = Capacity(cpu=1, memory=2**30, disk=2**30)
-        with Devstack(url, nodes, root=ROOT / f"scale-{nodes}", capacity=capacity, announce_seconds=5.0) as stack:
+        with Devstack(url, nodes, root=ROOT / f"scale-{nodes}", capacity=capacity, announce_seconds=5.0):
             joined = time.perf_counter() - joined
             rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             seconds, _ = timed_run(shards, url)

@@ -19,7 +19,7 @@ from typing import Optional
 import typer
 
 from .. import __version__
-from ..errors import BflowError, JobCancelled
+from ..errors import BflowError
 from . import network as network_cli
 from . import render
 

@@ -7,12 +7,10 @@ import json
 import signal
 import sys
 import threading
-from pathlib import Path
 from typing import Optional
 
 import typer
 
-from .. import __version__
 from ..errors import BflowError
 from . import render
 

@@ -3,8 +3,7 @@
 
 from __future__ import annotations
 
-from ..errors import BflowError
 from .base import Execution, ExecutionResult, Executor
 from .registry import available_executors, get_executor
 
-__all__ = ["Execution", "ExecutionResult", "Executor", "available_executors", "get_executor", "BflowError"]
+__all__ = ["Execution", "ExecutionResult", "Executor", "available_executors", "get_executor"]

@@ -24,7 +24,6 @@ def run_pipeline(
     network: str | None = None,
     nodes: int = 3,
     job_id: str | None = None,
-    on_start: Callable[[JobRecord], None] | None = None,
     on_progress: Callable[[int, str], None] | None = None,
 ) -> JobRecord:
     """Run one pipeline to its end and return its job record (completed or failed).
@@ -36,13 +35,11 @@ def run_pipeline(
     job = jobs.create_job(
         pipeline.name,
         [(s.index, s.id, [d.to_json() for d in s.datums]) for s in plan.shards],
-        spec_file=getattr(pipeline, "source_file", None),
+        spec_file=pipeline.source_file,
         conflict=pipeline.output.conflict,
         job_id=job_id,
     )
     jobs.set_job(job.id, pid=os.getpid())
-    if on_start:
-        on_start(job)
 
     from .compile import compile_flow
     from .job_run import JobRun

@@ -102,6 +102,8 @@ class NetworkTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             self._loop.call_soon_threadsafe(self._loop.stop)
             if self._thread is not None:
                 self._thread.join(timeout=10)
+            if not self._loop.is_running():
+                self._loop.close()
             self._loop = None
 
     @property

@@ -4,7 +4,6 @@ import http.server
 import threading
 import time
 from functools import partial
-from pathlib import Path
 
 import fsspec
 import pytest

@@ -1,6 +1,5 @@
 """The local executor: the shard view, streams to files, exit codes, timeouts."""
 
-import os
 import time
 from pathlib import Path
 

@@ -226,7 +226,6 @@ class NatsTransport(Transport):
 
     async def _unsubscribe(self, subs: list) -> None:
         """Remove `subs`; when connected, wait until the server has removed them too."""
-        nc = self._nc
         for sub in subs:
             try:
                 await sub.unsubscribe()
