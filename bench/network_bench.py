@@ -10,7 +10,6 @@ runs a 1000-shard job on.
 from __future__ import annotations
 
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -134,20 +133,25 @@ def latency() -> None:
     print(f"job submission -> first shard running (embedded, warm Prefect server): {first:.3f} s; whole 1-shard job {total:.2f} s")
 
 
+def rss_bytes() -> int:
+    """This process's resident memory now (not its peak)."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
 def scale(sizes: list[int], shards: int = 1000) -> None:
     """The largest in-process devstack (memory transport) that joins and completes a 1000-shard job."""
     timed_run(2)
     for nodes in sizes:
         settle()
-        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        rss_before = rss_bytes()
         url = f"memory://scale-{uuid.uuid4().hex[:6]}"
         joined = time.perf_counter()
         capacity = Capacity(cpu=1, memory=2**30, disk=2**30)
         with Devstack(url, nodes, root=ROOT / f"scale-{nodes}", capacity=capacity, announce_seconds=5.0):
             joined = time.perf_counter() - joined
-            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            per_node_kib = max(0, rss_bytes() - rss_before) / nodes / 1024
             seconds, _ = timed_run(shards, url)
-        per_node_kib = max(0, rss - rss_before) / nodes
         print(f"  {nodes:>5} nodes: joined in {joined:5.2f} s, ~{per_node_kib:.0f} KiB per node, "
               f"{shards} shards in {seconds:6.2f} s", flush=True)
 
