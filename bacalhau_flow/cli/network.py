@@ -46,9 +46,9 @@ def _wait_for_signal() -> None:
 
 
 def capacity_from(cpu, memory, disk, gpu):
-    from ..network.capacity import machine_capacity
+    from ..network.capacity import detect_gpus, machine_capacity
 
-    machine = machine_capacity(gpus=gpu or 0)
+    machine = machine_capacity(gpus=detect_gpus() if gpu is None else gpu)
     return machine.model_copy(update={k: v for k, v in
                                       dict(cpu=cpu, memory=_size(memory, "memory"), disk=_size(disk, "disk")).items()
                                       if v is not None})

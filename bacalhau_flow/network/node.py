@@ -161,15 +161,15 @@ class ComputeNode:
         try:
             self._queued += 1
             try:
-                await self.capacity.reserve(request.resources)
+                gpus = await self.capacity.reserve(request.resources)
             finally:
                 self._queued -= 1
             state["value"] = "running"
             try:
                 loop = asyncio.get_running_loop()
-                result = await loop.run_in_executor(self._pool, self._run_blocking, request)
+                result = await loop.run_in_executor(self._pool, self._run_blocking, request, gpus)
             finally:
-                await self.capacity.release(request.resources)
+                await self.capacity.release(request.resources, gpus)
         except asyncio.CancelledError:
             beat.cancel()
             return
@@ -178,11 +178,11 @@ class ComputeNode:
         await self._deliver(result, requester)
         self._announce_soon()  # capacity changed: tell the requesters soon
 
-    def _run_blocking(self, request: ShardRequest) -> ShardResult:
+    def _run_blocking(self, request: ShardRequest, gpus: list[int]) -> ShardResult:
         executor = get_executor(request.transform.executor)
         self._running[request.attempt_id] = executor
         try:
-            return run_shard_attempt(request, executor, self.store, self.work_root, self.id)
+            return run_shard_attempt(request, executor, self.store, self.work_root, self.id, gpus)
         finally:
             self._running.pop(request.attempt_id, None)
 

@@ -18,8 +18,8 @@ log = logging.getLogger("bacalhau_flow.node")
 
 
 def run_shard_attempt(request: ShardRequest, executor: Executor, store: ContentStore, work_root: Path,
-                      node_id: str) -> ShardResult:
-    """Never raises: every way an attempt can end becomes a ShardResult with stdout and
+                      node_id: str, gpus: list[int] | None = None) -> ShardResult:
+    """Run one attempt with the GPUs reserved for it (`gpus`, device indices). Never raises: every way an attempt can end becomes a ShardResult with stdout and
     stderr CIDs, so the requester always gets the logs back."""
     started = time.time()
     work = work_root / request.job_id / f"{request.shard_index}-{request.attempt}"
@@ -42,7 +42,7 @@ def run_shard_attempt(request: ShardRequest, executor: Executor, store: ContentS
         stderr.touch()
         try:
             stage_inputs(request, inputs)
-            outcome = executor.run(_execution(request, inputs, outputs, stdout, stderr))
+            outcome = executor.run(_execution(request, inputs, outputs, stdout, stderr, gpus or []))
         except BflowError as e:
             with stderr.open("a") as f:
                 f.write(f"bflow: {e}\n")
@@ -61,7 +61,8 @@ def run_shard_attempt(request: ShardRequest, executor: Executor, store: ContentS
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _execution(request: ShardRequest, inputs: Path, outputs: Path, stdout: Path, stderr: Path) -> Execution:
+def _execution(request: ShardRequest, inputs: Path, outputs: Path, stdout: Path, stderr: Path,
+               gpus: list[int]) -> Execution:
     t = request.transform
     env = dict(t.env)
     env.update(
@@ -74,5 +75,5 @@ def _execution(request: ShardRequest, inputs: Path, outputs: Path, stdout: Path,
     return Execution(
         cmd=t.cmd, inputs_dir=inputs, outputs_dir=outputs, stdout_path=stdout, stderr_path=stderr, env=env,
         stdin=t.stdin, timeout=request.timeout, image=t.image, module=t.module, network=request.network,
-        cpu=request.resources.cpu, memory_bytes=request.resources.memory,
+        cpu=request.resources.cpu, memory_bytes=request.resources.memory, gpus=gpus,
     )
