@@ -13,7 +13,7 @@ import stat
 from pathlib import Path
 
 from ..errors import BflowError, StagingError
-from ..plan.inputs import open_input
+from ..plan.inputs import InputRoot, open_input
 from .messages import InputRef, ShardRequest
 
 
@@ -21,38 +21,46 @@ def stage_inputs(request: ShardRequest, inputs_dir: Path) -> int:
     """Copy every datum of the shard under `inputs_dir`; return the bytes staged.
     Raises StagingError naming the input and path that could not be fetched."""
     refs = {ref.name: ref for ref in request.inputs}
+    roots: dict[str, InputRoot] = {}  # each input is resolved once per shard, not per datum
     staged = 0
     for ref in request.inputs:
         (inputs_dir / ref.name).mkdir(parents=True, exist_ok=True)
     for datum in request.datums:
         for name, paths in datum.items():
             for path in paths:
-                staged += _stage_one(refs[name], path, inputs_dir / name)
+                if name not in roots:
+                    roots[name] = _guarded(refs[name], path, lambda: open_input(refs[name].url))
+                root = roots[name]
+                staged += _guarded(refs[name], path, lambda: _stage_one(root, path, inputs_dir / name))
     _make_read_only(inputs_dir)
     return staged
 
 
-def _stage_one(ref: InputRef, path: str, dest_root: Path) -> int:
+def _guarded(ref: InputRef, path: str, step):
+    """Run one staging step; any failure becomes a StagingError naming the input and path."""
     try:
-        root = open_input(ref.url)
-        source = root.fs_path(path)
-        if root.is_file:
-            target = dest_root / root.walk()[0].path.lstrip("/")
-        else:
-            target = dest_root / path.lstrip("/") if path != "/" else dest_root
-        if root.is_local:
-            return _copy_local(Path(source), target)
-        fs = root.fs
-        if fs.isdir(source):
-            fs.get(source.rstrip("/") + "/", str(target) + "/", recursive=True)
-        else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fs.get(source, str(target))
-        return sum(f.stat().st_size for f in _files(target))
+        return step()
     except BflowError as e:
         raise StagingError(f"cannot stage input {ref.name!r} path {path}: {e}", hint=e.hint) from e
     except Exception as e:  # fsspec backends raise many kinds; name the input and path
         raise StagingError(f"cannot stage input {ref.name!r} path {path} from {ref.url}: {e}") from e
+
+
+def _stage_one(root: InputRoot, path: str, dest_root: Path) -> int:
+    source = root.fs_path(path)
+    if root.is_file:
+        target = dest_root / root.walk()[0].path.lstrip("/")
+    else:
+        target = dest_root / path.lstrip("/") if path != "/" else dest_root
+    if root.is_local:
+        return _copy_local(Path(source), target)
+    fs = root.fs
+    if fs.isdir(source):
+        fs.get(source.rstrip("/") + "/", str(target) + "/", recursive=True)
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fs.get(source, str(target))
+    return sum(f.stat().st_size for f in _files(target))
 
 
 def _copy_local(source: Path, target: Path) -> int:
