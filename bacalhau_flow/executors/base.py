@@ -27,7 +27,8 @@ class Execution:
     stdin: str | None = None
     timeout: float | None = None  # seconds for this attempt
     image: str | None = None  # docker
-    module: str | None = None  # wasm
+    module: str | None = None  # wasm: path or URL of the module
+    entrypoint: str = "_start"  # wasm: the exported function to call
     network: str = "none"  # none | full
     cpu: float | None = None
     memory_bytes: int | None = None
