@@ -81,6 +81,11 @@ class StagingError(BflowError):
     retryable = True
 
 
+class DiskLimitExceeded(BflowError):
+    """A shard's inputs or outputs do not fit in its disk limit (`resources.disk`), or its
+    inputs do not fit in the node's free disk."""
+
+
 class OutputConflict(BflowError):
     """Two shards wrote the same output path and the conflict rule is `error`."""
 

@@ -12,6 +12,7 @@ from ..errors import BflowError
 from ..executors import Execution, Executor
 from ..storage import ContentStore
 from .messages import ShardRequest, ShardResult
+from .disk import OutputWatch, check_inputs, outputs_error
 from .staging import make_writable, stage_inputs
 
 log = logging.getLogger("bacalhau_flow.node")
@@ -40,25 +41,40 @@ def run_shard_attempt(request: ShardRequest, executor: Executor, store: ContentS
         outputs.mkdir(parents=True, exist_ok=True)
         stdout.touch()
         stderr.touch()
+        limit = request.resources.disk
         try:
-            stage_inputs(request, inputs)
-            outcome = executor.run(_execution(request, inputs, outputs, stdout, stderr, gpus or []))
+            staged = stage_inputs(request, inputs)
+            check_inputs(request.shard_index, staged, limit)
+            execution = _execution(request, inputs, outputs, stdout, stderr, gpus or [])
+            with OutputWatch(outputs, limit - staged, executor.kill) as watch:
+                outcome = executor.run(execution)
         except BflowError as e:
-            with stderr.open("a") as f:
-                f.write(f"bflow: {e}\n")
+            _note(stderr, str(e))
             return result("failed", error=str(e), retryable=e.retryable)
-        outputs_cid = store.put_tree(outputs)
+        if watch.exceeded:
+            error = outputs_error(request.shard_index, watch.written, limit - staged, limit)
+            _note(stderr, error)
+            return result("failed", outcome.exit_code, error)
+        outputs_cid, skipped = store.put_tree_report(outputs)
+        if skipped:
+            _note(stderr, "not kept (symlinks and special files are never followed or published): "
+                  + ", ".join("/outputs/" + p for p in skipped[:20]) + (" ..." if len(skipped) > 20 else ""))
         if outcome.exit_code == 0 and not outcome.timed_out:
             return result("completed", 0, outputs_cid=outputs_cid)
         return result("failed", outcome.exit_code, outcome.error or f"exit code {outcome.exit_code}", outputs_cid)
     except Exception as e:  # a bug or a broken disk: report it, never lose the shard silently
         log.exception("shard attempt %s failed on node %s", request.attempt_id, node_id)
-        with stderr.open("a") as f:
-            f.write(f"bflow: node {node_id} failed: {e}\n")
+        _note(stderr, f"node {node_id} failed: {e}")
         return result("failed", error=f"node {node_id} failed: {e}", retryable=True)
     finally:
         make_writable(inputs)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _note(stderr: Path, message: str) -> None:
+    """Append a line from bflow itself to the shard's stderr, where the user looks first."""
+    with stderr.open("a") as f:
+        f.write(f"bflow: {message}\n")
 
 
 def _execution(request: ShardRequest, inputs: Path, outputs: Path, stdout: Path, stderr: Path,

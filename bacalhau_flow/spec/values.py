@@ -64,6 +64,16 @@ def parse_size(value: Any) -> int:
     return int(size)
 
 
+def format_size(size: int) -> str:
+    """A byte count for people: 512 B, 3.0 KiB, 1.5 GiB (1024-based, as `parse_size` reads "Mi")."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def parse_cpu(value: Any) -> Any:
     """Accept Kubernetes-style millicores ("500m" -> 0.5) besides plain numbers."""
     if isinstance(value, bool):
