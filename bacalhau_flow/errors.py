@@ -81,6 +81,10 @@ class StagingError(BflowError):
     retryable = True
 
 
+class PublishError(BflowError):
+    """A job's outputs could not be written to its `output.publish` url (they stay in the content store)."""
+
+
 class DiskLimitExceeded(BflowError):
     """A shard's inputs or outputs do not fit in its disk limit (`resources.disk`), or its
     inputs do not fit in the node's free disk."""
@@ -92,6 +96,10 @@ class OutputConflict(BflowError):
 
 class ContentError(BflowError):
     """Content does not match its CID, or a CID is not in the store."""
+
+
+class BlockNotFound(ContentError):
+    """A block a DAG needs is not in this content store (another node or gateway may have it)."""
 
 
 class JobNotFound(BflowError):

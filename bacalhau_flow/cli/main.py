@@ -151,6 +151,8 @@ def _summarise(record) -> None:
     done = sum(s.state == "completed" for s in record.shards)
     line = f"job {record.id} ({record.pipeline}): {render.styled(record.state)}, {done}/{len(record.shards)} shards completed"
     render.err.print(line, highlight=False, soft_wrap=True)
+    if record.published:
+        render.err.print(f"  published to {record.published}", highlight=False, markup=False, soft_wrap=True)
     if record.error:
         render.err.print(f"  {record.error}", highlight=False, markup=False)
         render.err.print(f"  logs: bflow logs {record.id[:10]} --shard N   ·   bflow describe {record.id[:10]}",
@@ -197,6 +199,8 @@ def describe(job: str, as_json: bool = typer.Option(False, "--json")):
     render.out.print(f"[bold]{record.id}[/]  pipeline {record.pipeline}  {render.styled(record.state)}  "
                      f"created {record.created_iso[:19]}", highlight=False)
     render.out.print(f"cid {record.cid or '-'}", highlight=False)
+    if record.published:
+        render.out.print(f"published {record.published}", highlight=False, markup=False)
     if record.error:
         render.out.print(f"error: {record.error}", highlight=False, markup=False)
     render.out.print(render.shards_table(record.shards))
@@ -236,6 +240,31 @@ def get(job: str, output: Path = typer.Option(..., "--output", "-o", help="folde
     record = _store().get(job)
     write_results(_content(), record, output)
     render.err.print(f"job {record.id} ({record.state}) written to {output}", highlight=False)
+
+
+@command()
+def add(path: Path = typer.Argument(..., help="a file or folder"),
+        wrap: bool = typer.Option(False, "--wrap", "-w", help="wrap a file in a folder, so it keeps its name")):
+    """Put a file or folder into this machine's content store; print its CID (as `ipfs add -r
+    --cid-version 1` computes it). Use it as an input with `url: ipfs://CID`."""
+    from ..storage import unixfs
+
+    if not os.path.lexists(path):
+        raise BflowError(f"{path}: no such file or directory", hint="give the path of a file or folder to add")
+    content = _content()
+    if wrap and path.is_file():
+        with open(path, "rb") as f:  # every block is checked against its CID as it is stored
+            ref = unixfs.import_file(f, lambda cid, block: content.put_block(unixfs.cid_to_str(cid), bytes(block)))
+        cid = unixfs.build_directory([(os.fsencode(path.name), ref)],
+                                     lambda c, block: content.put_block(unixfs.cid_to_str(c), bytes(block))).cid_str
+    else:
+        cid, skipped = content.put_tree_report(path)
+        if skipped:
+            render.warn(f"skipped {len(skipped)} symlink(s) or special file(s): {', '.join(skipped[:5])}"
+                        + (" ..." if len(skipped) > 5 else ""))
+    print(cid)
+    note = "" if path.is_dir() or wrap else " (a single file is mounted under its CID; --wrap keeps its name)"
+    render.err.print(f"added {path}; use it as an input with `url: ipfs://{cid}`{note}", highlight=False, markup=False)
 
 
 @command()

@@ -73,10 +73,11 @@ def devstack(nodes: int = typer.Option(3, "--nodes", "-n", min=1, help="compute 
         raise BflowError("the NATS plugin is not installed", hint="pip install -e plugins/bacalhau-flow-nats") from e
     server = NatsServer(port).start()
     try:
-        with Devstack(server.url, nodes, root=bflow_home() / "devstack"):
+        with Devstack(server.url, nodes, root=bflow_home() / "devstack") as stack:
             print(server.url, flush=True)
             render.err.print(f"{nodes} nodes on {server.url}; run pipelines with "
                              f"`bflow run SPEC --network {server.url}`; Ctrl-C stops", highlight=False)
+            render.err.print(f"IPFS gateways: {' '.join(stack.gateways)}", highlight=False)
             _wait_for_signal()
     finally:
         server.stop()
@@ -88,19 +89,26 @@ def node(network: str = typer.Option(..., help="network URL, e.g. nats://127.0.0
          memory: Optional[str] = typer.Option(None, help="memory to offer, e.g. 4Gi (default: all)"),
          disk: Optional[str] = typer.Option(None, help="disk to offer, e.g. 20Gi (default: free space)"),
          gpu: Optional[int] = typer.Option(None, help="GPUs to offer (default: those nvidia-smi lists)"),
-         name: str = typer.Option("default", help="local name: its key and store live under $BFLOW_HOME/nodes/NAME")):
-    """Start one compute node and serve until Ctrl-C."""
+         name: str = typer.Option("default", help="local name: its key and store live under $BFLOW_HOME/nodes/NAME"),
+         gateway_port: int = typer.Option(0, help="port of the node's IPFS gateway (0: any free port; -1: none)"),
+         gateway_host: str = typer.Option("127.0.0.1", help="address the gateway listens on (0.0.0.0: all)")):
+    """Start one compute node and serve until Ctrl-C. It serves its content store as an IPFS
+    trustless gateway; the URL is printed and announced (`bflow nodes` lists it)."""
     from ..home import nodes_root
     from ..network.devstack import Devstack
 
     labels = _labels(label)
     capacity = capacity_from(cpu, memory, disk, gpu)
     root = nodes_root() / name
-    with Devstack(network, 1, capacity=capacity, labels=[labels], root=root, keys=[root / "node.key"]) as stack:
+    with Devstack(network, 1, capacity=capacity, labels=[labels], root=root, keys=[root / "node.key"],
+                  gateway_port=None if gateway_port < 0 else gateway_port, gateway_host=gateway_host) as stack:
         info = stack.nodes[0].info()
         print(info.id, flush=True)
         render.err.print(f"node {info.id} on {network}: cpu={info.total.cpu:g} memory={info.total.memory} "
                          f"disk={info.total.disk} gpu={info.total.gpu} labels={labels}", highlight=False)
+        if info.gateway:
+            render.err.print(f"IPFS gateway: {info.gateway} (IPFS_GATEWAY={info.gateway} reads its outputs)",
+                             highlight=False)
         _wait_for_signal()
 
 
@@ -133,6 +141,32 @@ def nodes(network: str = typer.Option(..., help="network URL"), as_json: bool = 
     render.out.print(render.nodes_table(found))
 
 
+def gateway(port: int = typer.Option(8080, help="port to listen on (0: any free port)"),
+            host: str = typer.Option("127.0.0.1", help="address to listen on (0.0.0.0: all)")):
+    """Serve this machine's content store ($BFLOW_HOME/store) as an IPFS trustless gateway
+    until Ctrl-C; prints its URL (for IPFS_GATEWAY)."""
+    from ..home import store_root
+    from ..storage import ContentStore
+    from ..storage.gateway import serve
+
+    def ready(url: str) -> None:
+        print(url, flush=True)
+        render.err.print(f"serving {store_root()} at {url}/ipfs/CID; read it with IPFS_GATEWAY={url}; "
+                         "Ctrl-C stops", highlight=False)
+
+    async def main() -> None:
+        task = asyncio.ensure_future(serve(ContentStore(store_root()), host, port, ready))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+
+    asyncio.run(main())
+
+
 def version_of_network(network: str) -> None:
     for n in asyncio.run(discover(network)):
         print(f"node {n.id} {n.version}")
@@ -142,3 +176,4 @@ def register(app: typer.Typer, command) -> None:
     command("devstack")(devstack)
     command("node")(node)
     command("nodes")(nodes)
+    command("gateway")(gateway)

@@ -29,6 +29,7 @@ class Execution:
     image: str | None = None  # docker
     module: str | None = None  # wasm: path or URL of the module
     entrypoint: str = "_start"  # wasm: the exported function to call
+    fuel: int | None = None  # wasm: fuel units the run may use; None: unmetered
     network: str = "none"  # none | full
     cpu: float | None = None
     memory_bytes: int | None = None

@@ -10,8 +10,8 @@ EXECUTORS = Registry(
     "executor",
     {
         "local": ("bacalhau_flow.executors.local:LocalExecutor", None),
-        "docker": (None, "use executor: local for now; docker arrives with the executors release"),
-        "wasm": (None, "use executor: local for now; wasm arrives with the executors release"),
+        "docker": ("bacalhau_flow.executors.docker:DockerExecutor", None),
+        "wasm": ("bacalhau_flow.executors.wasm:WasmExecutor", None),
     },
 )
 

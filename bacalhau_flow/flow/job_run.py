@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 from typing import Callable
 
-from ..errors import NoNodeCanRun, OutputConflict
+from ..errors import NoNodeCanRun, OutputConflict, PublishError
+from ..jobs.publish import publish_outputs, publish_url
 from ..jobs.results import merge_outputs
 from ..jobs.store import JobRecord, JobStore
 from ..network.messages import InputRef, ResourceAsk, ShardRequest, ShardResult, TransformRef
@@ -47,8 +48,9 @@ class JobRun:
         base_dir = pipeline.base_dir
         self._inputs = [InputRef(name=pipeline.input.name, url=pipeline.input.resolved_url(base_dir))]
         t = pipeline.transform
-        self._transform = TransformRef(executor=t.executor, cmd=t.cmd or [], image=t.image, module=t.module,
-                                       entrypoint=t.entrypoint, stdin=t.stdin, env=t.env)
+        self._transform = TransformRef(executor=t.executor, cmd=t.cmd or [], image=t.image,
+                                       module=t.resolved_module(base_dir), entrypoint=t.entrypoint,
+                                       fuel=t.fuel, stdin=t.stdin, env=t.env)
         r = pipeline.resources
         self._resources = ResourceAsk(cpu=r.cpu, memory=r.memory, disk=r.disk, gpu=r.gpu)
 
@@ -110,5 +112,13 @@ class JobRun:
         if failed and error is None:
             first = failed[0]
             error = f"{len(failed)} of {len(job.shards)} shards failed; first: shard {first.index}: {first.error}"
-        self.jobs.set_job(job.id, state="failed" if error else "completed", cid=cid, error=error)
+        published = None
+        if error is None and (url := publish_url(self.pipeline, job.id)):  # only a completed job
+            try:
+                publish_outputs(self.content, cid, url)
+                published = url
+            except PublishError as e:
+                error = str(e)  # the outputs stay in the content store under `cid`
+        self.jobs.set_job(job.id, state="failed" if error else "completed", cid=cid, error=error,
+                          published=published)
         return self.jobs.get(job.id)

@@ -11,6 +11,7 @@ from typing import Callable
 
 from ..errors import JobCancelled
 from ..home import bflow_home, configure_prefect, jobs_db, store_root
+from ..jobs.publish import check_publish_url
 from ..jobs.store import JobRecord, JobStore
 from ..plan.pipeline import PipelinePlan, plan_pipeline
 from ..spec import Pipeline
@@ -26,9 +27,12 @@ def run_pipeline(
     job_id: str | None = None,
     on_progress: Callable[[int, str], None] | None = None,
 ) -> JobRecord:
-    """Run one pipeline to its end and return its job record (completed or failed).
-    Raises JobCancelled on Ctrl-C, PlanError for inputs that cannot be listed."""
+    """Run one pipeline to its end and return its job record (completed or failed); a job
+    that completed is published to `output.publish` (jobs/publish.py) before it reads so.
+    Raises JobCancelled on Ctrl-C, PlanError for inputs that cannot be listed, PublishError
+    (before anything runs) for a publish url whose protocol is not installed here."""
     configure_prefect()
+    check_publish_url(pipeline)
     plan = plan or plan_pipeline(pipeline)
     jobs = JobStore(jobs_db())
     content = ContentStore(store_root())

@@ -7,6 +7,7 @@ Everything is read from the content store by CID; nothing here trusts a path.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -63,26 +64,46 @@ def manifest(job: JobRecord) -> dict:
     return job.to_json()
 
 
+RESULT_NAMES = ("stdout", "stderr", "outputs", "shards", "manifest.json")  # manifest.json last
+
+
 def write_results(content: ContentStore, job: JobRecord, dest: Path) -> None:
     """Materialise a job under `dest` as PRODUCT.md section 5 lays out, verifying every
-    block against its CID as it goes."""
+    block against its CID as it goes.
+
+    Everything is written into a hidden folder inside `dest` first and renamed into place only
+    when all of it verified, manifest.json last: a block that fails its CID (ContentError naming
+    it) leaves `dest` as it was, never a half-written result that looks complete."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".bflow-get-", dir=dest))
+    try:
+        _write_results(content, job, staging)
+        (dest / "manifest.json").unlink(missing_ok=True)  # an older result stops looking complete first
+        for name in RESULT_NAMES:
+            target = dest / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif os.path.lexists(target):
+                target.unlink()
+            os.replace(staging / name, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_results(content: ContentStore, job: JobRecord, dest: Path) -> None:
+    (dest / "shards").mkdir()
     for which in ("stdout", "stderr"):
         with open(dest / which, "wb") as out:
             for chunk in stream(content, job.shards, which):
                 out.write(chunk)
     outputs = dest / "outputs"
-    if outputs.exists():
-        shutil.rmtree(outputs)
     if job.cid:
         content.export(job.cid, outputs)
     else:
         outputs.mkdir()
     for shard in job.shards:
         folder = dest / "shards" / str(shard.index)
-        if folder.exists():
-            shutil.rmtree(folder)
         folder.mkdir(parents=True)
         for which, cid in (("stdout", shard.stdout_cid), ("stderr", shard.stderr_cid)):
             with open(folder / which, "wb") as out:

@@ -21,7 +21,8 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, pipeline TEXT NOT NULL, spec_file TEXT, state TEXT NOT NULL,
     created REAL NOT NULL, ended REAL, cid TEXT, shard_count INTEGER NOT NULL,
-    error TEXT, pid INTEGER, flow_run_id TEXT, conflict TEXT NOT NULL DEFAULT 'error'
+    error TEXT, pid INTEGER, flow_run_id TEXT, conflict TEXT NOT NULL DEFAULT 'error',
+    published TEXT
 );
 CREATE TABLE IF NOT EXISTS shards (
     job_id TEXT NOT NULL, idx INTEGER NOT NULL, id TEXT NOT NULL, state TEXT NOT NULL,
@@ -84,6 +85,7 @@ class JobRecord:
     pid: int | None = None
     flow_run_id: str | None = None
     conflict: str = "error"
+    published: str | None = None  # the url the merged outputs were published to (output.publish)
     shards: list[ShardRecord] = field(default_factory=list)
 
     @property
@@ -101,6 +103,7 @@ class JobRecord:
             "cid": self.cid,
             "created": self.created_iso,
             "error": self.error,
+            "published": self.published,
             "shards": [s.to_json() for s in self.shards],
         }
 
@@ -122,6 +125,13 @@ class JobStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
+            columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
+            if "published" not in columns:  # a store made before output.publish existed
+                try:
+                    self._db.execute("ALTER TABLE jobs ADD COLUMN published TEXT")
+                except sqlite3.OperationalError as e:  # another process added it just now
+                    if "duplicate column" not in str(e):
+                        raise
 
     def close(self) -> None:
         with self._lock:
@@ -249,4 +259,5 @@ def _job(row: sqlite3.Row) -> JobRecord:
         id=row["id"], pipeline=row["pipeline"], state=row["state"], created=row["created"],
         shard_count=row["shard_count"], spec_file=row["spec_file"], ended=row["ended"], cid=row["cid"],
         error=row["error"], pid=row["pid"], flow_run_id=row["flow_run_id"], conflict=row["conflict"],
+        published=row["published"],
     )

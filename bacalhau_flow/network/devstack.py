@@ -3,6 +3,10 @@
 Used by `bflow devstack`, `bflow node` and the tests: N nodes, each with its own key,
 content store and work folder, on any transport URL (`memory://NAME` inside one
 process, `nats://host:port` across processes).
+
+Each node serves its content store as an IPFS trustless gateway beside it (storage/gateway.py),
+on `gateway_port` (0: any free port, the default; N: node i gets port N+i; None: no gateway);
+its URL is in `gateways`, on the node (`node.gateway`) and in the NodeInfo it announces.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from pathlib import Path
 
 from ..home import nodes_root
 from ..storage import ContentStore
+from ..storage.gateway import Gateway
 from ..transports import transport_for
 from ..transports.signing import SignedTransport
 from .embedded import embedded_node_capacity
@@ -24,7 +29,8 @@ from .node import ComputeNode
 class Devstack:
     def __init__(self, url: str, nodes: int = 3, *, capacity: Capacity | None = None,
                  labels: list[dict[str, str]] | None = None, root: Path | None = None,
-                 keys: list[Path] | None = None, **node_options):
+                 keys: list[Path] | None = None, gateway_port: int | None = 0, gateway_host: str = "127.0.0.1",
+                 **node_options):
         self.url = url
         self.count = nodes
         self.capacity = capacity or embedded_node_capacity(nodes)
@@ -32,7 +38,10 @@ class Devstack:
         self.root = Path(root or nodes_root())
         self.keys = keys
         self.node_options = node_options
+        self.gateway_port = gateway_port
+        self.gateway_host = gateway_host
         self.nodes: list[ComputeNode] = []
+        self._gateways: dict[str, Gateway] = {}  # node id -> its gateway
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="bflow-devstack", daemon=True)
 
@@ -62,6 +71,10 @@ class Devstack:
             node = ComputeNode(transport, ContentStore(self.root / identity.node_id / "store"),
                                self.root / identity.node_id / "work", self.capacity,
                                labels=self.labels[i % len(self.labels)], **self.node_options)
+            if self.gateway_port is not None:  # before start(), so the first announcement has its URL
+                gateway = Gateway(node.store, self.gateway_host, self.gateway_port + i if self.gateway_port else 0)
+                node.gateway = await gateway.start()
+                self._gateways[node.id] = gateway
             await node.start()
             self.nodes.append(node)
 
@@ -72,6 +85,14 @@ class Devstack:
     async def _stop_node(self, node: ComputeNode) -> None:
         await node.stop()
         await node.transport.close()
+        gateway = self._gateways.pop(node.id, None)
+        if gateway is not None:
+            await gateway.stop()
+
+    @property
+    def gateways(self) -> list[str]:
+        """The gateway URL of each node, in node order (empty without gateways)."""
+        return [node.gateway for node in self.nodes if node.gateway]
 
     def kill(self, index: int) -> ComputeNode:
         """Take a node off the network at once, as if its process died: no goodbye, its

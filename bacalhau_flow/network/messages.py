@@ -22,6 +22,7 @@ class TransformRef(BaseModel):
     image: str | None = None
     module: str | None = None
     entrypoint: str = "_start"
+    fuel: int | None = None
     stdin: str | None = None
     env: dict[str, str] = Field(default_factory=dict)
 
@@ -96,3 +97,4 @@ class NodeInfo(BaseModel):
     free: Capacity
     running: int = 0
     queued: int = 0
+    gateway: str | None = None  # the URL of the node's IPFS trustless gateway, when it serves one

@@ -53,6 +53,7 @@ class ComputeNode:
         self._announcer: asyncio.Task | None = None
         self._announce_pending: asyncio.Task | None = None
         self.started_at = time.time()
+        self.gateway: str | None = None  # its IPFS gateway's URL, announced in NodeInfo (set by Devstack)
 
     # -- lifecycle --------------------------------------------------------------
     async def start(self) -> None:
@@ -83,7 +84,7 @@ class ComputeNode:
     def info(self) -> NodeInfo:
         return NodeInfo(id=self.id, version=__version__, executors=self.executors, labels=self.labels,
                         total=self.capacity.total, free=self.capacity.free,
-                        running=len(self._running), queued=self._queued)
+                        running=len(self._running), queued=self._queued, gateway=self.gateway)
 
     async def announce(self) -> None:
         try:

@@ -91,6 +91,6 @@ def _execution(request: ShardRequest, inputs: Path, outputs: Path, stdout: Path,
     return Execution(
         cmd=t.cmd, inputs_dir=inputs, outputs_dir=outputs, stdout_path=stdout, stderr_path=stderr, env=env,
         stdin=t.stdin, timeout=request.timeout, image=t.image, module=t.module, entrypoint=t.entrypoint,
-        network=request.network,
+        fuel=t.fuel, network=request.network,
         cpu=request.resources.cpu, memory_bytes=request.resources.memory, gpus=gpus,
     )

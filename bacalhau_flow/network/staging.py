@@ -3,84 +3,105 @@
 Each mount of each datum is copied to `inputs_dir/<input name>/<path as in the source>`.
 An input url naming a single file acts as a directory holding just that file, so the
 file's datum path is `/<basename>` (the same rule as planning).
+
+Two steps, each spread over a small pool of threads (PARALLEL_FETCHES): first every datum
+path is resolved to the files it holds (`InputRoot.subtree`: a directory datum is listed),
+then every file is fetched (`InputRoot.fetch`). Both retry transient errors by the rule of
+plan/retries.py (3 attempts over HTTP and memory://; s3fs and botocore retry S3 themselves).
+The first failure stops the rest and becomes a StagingError naming the input and the path.
+Staged files and folders are made read-only; directory symlinks in a local input are not
+followed (as in planning), file symlinks are copied as files.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import stat
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from ..errors import BflowError, StagingError
 from ..plan.inputs import InputRoot, open_input
 from .messages import InputRef, ShardRequest
+
+T = TypeVar("T")
+
+PARALLEL_FETCHES = 8  # files of one shard fetched at the same time
 
 
 def stage_inputs(request: ShardRequest, inputs_dir: Path) -> int:
     """Copy every datum of the shard under `inputs_dir`; return the bytes staged.
     Raises StagingError naming the input and path that could not be fetched."""
     refs = {ref.name: ref for ref in request.inputs}
-    roots: dict[str, InputRoot] = {}  # each input is resolved once per shard, not per datum
-    staged = 0
-    for ref in request.inputs:
-        (inputs_dir / ref.name).mkdir(parents=True, exist_ok=True)
+    wanted: dict[str, dict[str, None]] = {ref.name: {} for ref in request.inputs}  # name -> datum paths
     for datum in request.datums:
         for name, paths in datum.items():
-            for path in paths:
-                if name not in roots:
-                    roots[name] = _guarded(refs[name], path, lambda: open_input(refs[name].url))
-                root = roots[name]
-                staged += _guarded(refs[name], path, lambda: _stage_one(root, path, inputs_dir / name))
+            if name not in refs:
+                raise StagingError(f"a datum names input {name!r}, which the shard request does not define",
+                                   retryable=False)
+            wanted[name].update((_checked(name, p), None) for p in paths)
+    for name in wanted:
+        (inputs_dir / name).mkdir(parents=True, exist_ok=True)
+    roots: dict[str, InputRoot] = {  # each input is resolved once per shard, not per datum
+        name: _guarded(refs[name], "/", lambda url=refs[name].url: open_input(url))
+        for name, paths in wanted.items() if paths
+    }
+    with ThreadPoolExecutor(PARALLEL_FETCHES, thread_name_prefix="bflow-stage") as pool:
+        datums = [(name, path) for name, paths in wanted.items() for path in paths]
+        trees = _all(pool, [(refs[name], path, lambda n=name, p=path: roots[n].subtree(p)) for name, path in datums])
+        files: dict[Path, tuple[str, str]] = {}  # target -> (input name, path); once each
+        for (name, _), (dirs, paths) in zip(datums, trees):
+            for d in dirs:
+                _target(inputs_dir, name, d).mkdir(parents=True, exist_ok=True)
+            for p in paths:
+                files.setdefault(_target(inputs_dir, name, p), (name, p))
+        for target in files:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        sizes = _all(pool, [(refs[name], path, lambda t=target, n=name, p=path: roots[n].fetch(p, t))
+                            for target, (name, path) in files.items()])
     _make_read_only(inputs_dir)
-    return staged
+    return sum(sizes)
 
 
-def _guarded(ref: InputRef, path: str, step):
+def _checked(name: str, path: str) -> str:
+    """A datum path as planning makes them: `/` or `/a/b`, never reaching out of its input."""
+    if path != "/" and (not path.startswith("/") or any(p in ("", ".", "..") for p in path[1:].split("/"))):
+        raise StagingError(f"cannot stage input {name!r} path {path!r}: not a path under the input",
+                           retryable=False)
+    return path
+
+
+def _target(inputs_dir: Path, name: str, path: str) -> Path:
+    rel = _checked(name, path).lstrip("/")
+    return inputs_dir / name / rel if rel else inputs_dir / name
+
+
+def _all(pool: ThreadPoolExecutor, steps: list[tuple[InputRef, str, Callable[[], T]]]) -> list[T]:
+    """Run the steps on the pool; their results in order. The first failure cancels the
+    steps not yet started and is raised (after the running ones end) as a StagingError."""
+    futures: list[Future] = [pool.submit(_guarded, ref, path, step) for ref, path, step in steps]
+    _, pending = wait(futures, return_when=FIRST_EXCEPTION)
+    for f in pending:
+        f.cancel()
+    failed = [f for f in futures if f.done() and not f.cancelled() and f.exception() is not None]
+    if failed:
+        wait([f for f in pending if not f.cancelled()])
+        raise failed[0].exception()
+    return [f.result() for f in futures]
+
+
+def _guarded(ref: InputRef, path: str, step: Callable[[], T]) -> T:
     """Run one staging step; any failure becomes a StagingError naming the input and path."""
     try:
         return step()
+    except StagingError:
+        raise
     except BflowError as e:
-        raise StagingError(f"cannot stage input {ref.name!r} path {path}: {e}", hint=e.hint) from e
+        raise StagingError(f"cannot stage input {ref.name!r} path {path}: {e}", hint=e.hint,
+                           retryable=e.retryable) from e
     except Exception as e:  # fsspec backends raise many kinds; name the input and path
         raise StagingError(f"cannot stage input {ref.name!r} path {path} from {ref.url}: {e}") from e
-
-
-def _stage_one(root: InputRoot, path: str, dest_root: Path) -> int:
-    source = root.fs_path(path)
-    if root.is_file:
-        target = dest_root / root.walk()[0].path.lstrip("/")
-    else:
-        target = dest_root / path.lstrip("/") if path != "/" else dest_root
-    if root.is_local:
-        return _copy_local(Path(source), target)
-    fs = root.fs
-    if fs.isdir(source):
-        fs.get(source.rstrip("/") + "/", str(target) + "/", recursive=True)
-    else:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fs.get(source, str(target))
-    return sum(f.stat().st_size for f in _files(target))
-
-
-def _copy_local(source: Path, target: Path) -> int:
-    if source.is_dir():
-        shutil.copytree(source, target, symlinks=True, dirs_exist_ok=True)
-        return sum(f.stat().st_size for f in _files(target))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, target)
-    return target.stat().st_size
-
-
-def _files(path: Path):
-    if path.is_file():
-        yield path
-        return
-    for dirpath, _, names in os.walk(path):
-        for n in names:
-            p = Path(dirpath, n)
-            if not p.is_symlink():
-                yield p
 
 
 def _make_read_only(root: Path) -> None:

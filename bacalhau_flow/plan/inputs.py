@@ -22,10 +22,20 @@ Decisions:
   Content-Length. Path segments are URL-decoded (`sp%20ace` is `/sp ace`).
 - Any other fsspec protocol (memory://, s3://, ipfs:// once installed): `fs.info` tells
   file from directory, `fs.find(withdirs=True, detail=True)` lists the tree.
+- S3 (s3fs): `s3://bucket/prefix` names the "directory" `prefix/`. The endpoint and the
+  credentials come from the standard AWS environment (`AWS_ENDPOINT_URL`, honoured by
+  botocore, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_PROFILE`, ...). A bucket that
+  does not exist is `InputNotFound` naming the bucket; a prefix under which no key exists is
+  an empty directory (0 datums, as an empty local directory), since S3 has no directories.
 - Errors: nothing at the url -> `InputNotFound`; network trouble, 5xx, timeouts, DNS ->
-  `InputUnreachable` after retries (3 attempts); 401/403 and permission errors ->
-  `InputUnreachable` (not retryable); an unknown protocol -> `PlanError` whose hint names
-  the package to install when fsspec knows it. Nothing from fsspec/aiohttp leaks out raw.
+  `InputUnreachable` after retries (3 attempts; 1 for S3, where s3fs and botocore already
+  retry); 401/403 and permission errors -> `InputUnreachable` (not retryable); an unknown
+  protocol -> `PlanError` whose hint names the package to install when fsspec knows it.
+  Nothing from fsspec/aiohttp/botocore leaks out raw.
+
+Staging (network/staging.py) reads through the same root: `InputRoot.subtree(path)` says
+which files a datum path holds, `InputRoot.fetch(path, target)` copies one file, both with
+the retries above (plan/retries.py: the one retry rule of the product).
 """
 
 from __future__ import annotations
@@ -34,21 +44,17 @@ import asyncio
 import os
 import posixpath
 import stat
-import sys
-import time
-from typing import Any, Callable, NamedTuple, TypeVar
-from urllib.parse import quote, unquote, urlsplit
+from typing import Any, NamedTuple
+from urllib.parse import quote, unquote, urljoin, urlsplit
 
 from fsspec.core import split_protocol, url_to_fs
 
-from ..errors import BflowError, InputNotFound, InputUnreachable, PlanError
+from ..errors import InputNotFound, InputUnreachable, PlanError
+from .retries import SELF_RETRYING, _call_async, attempts_for, with_retries
+from .retries import reason as _reason
 
 __all__ = ["Entry", "InputRoot", "open_input"]
 
-T = TypeVar("T")
-
-ATTEMPTS = 3  # tries per remote call before a transient error becomes InputUnreachable
-BACKOFF_S = (0.2, 0.6)  # sleep after the 1st and 2nd failed attempt
 HTTP_TIMEOUT_S = 120  # per HTTP request
 HTTP_CONNECT_TIMEOUT_S = 15
 
@@ -72,6 +78,7 @@ class InputRoot:
         self.is_file = is_file  # the url names a single file
         self._size = size
         self._kind = kind  # "local", "http" or "fsspec"
+        self.attempts = attempts_for(fs)  # tries per call (plan/retries.py)
 
     def __repr__(self) -> str:
         return f"InputRoot({self.url!r}, {'file' if self.is_file else 'directory'})"
@@ -117,6 +124,86 @@ class InputRoot:
             return self.root + quote(rel, safe="/")  # the root ends in "/"
         return self.root.rstrip("/") + "/" + rel
 
+    def subtree(self, path: str) -> tuple[list[str], list[str]]:
+        """(directories, files) that the datum `path` holds, relative to the root: a file gives
+        just itself; a directory gives itself, and every directory and file under it.
+        Raises InputNotFound when `path` is gone, InputUnreachable after retries."""
+        if self.is_file:
+            self.fs_path(path)  # checks that the path names the file
+            return [], ["/" + self._basename()]
+        source = self.fs_path(path)
+        if self._kind == "local":
+            return self._subtree_local(path, source)
+        if self._kind == "http":
+            return self._subtree_http(path, source)
+        return self._subtree_fsspec(path, source)
+
+    def fetch(self, path: str, target: str | os.PathLike) -> int:
+        """Copy the file `path` to the local file `target` (its folder must exist); return its
+        size. Transient errors are retried; raises InputNotFound / InputUnreachable."""
+        source = self.fs_path(path)
+        where = self.url if path == "/" or self.is_file else _join_url(self.url, path)
+        if self._kind == "local":
+            return with_retries(where, lambda: _copy_file(source, target), attempts=1)
+        with_retries(where, lambda: self.fs.get_file(source, os.fspath(target)), attempts=self.attempts)
+        return os.path.getsize(target)
+
+    def _subtree_local(self, path: str, source: str) -> tuple[list[str], list[str]]:
+        try:
+            st = os.stat(source)
+        except FileNotFoundError:
+            raise InputNotFound(f"{_join_url(self.url, path)}: no such file or directory") from None
+        except OSError as exc:
+            raise InputUnreachable(f"{_join_url(self.url, path)}: cannot read it ({_reason(exc)})",
+                                   retryable=False) from None
+        if not stat.S_ISDIR(st.st_mode):
+            return [], [path]
+        dirs, files, _ = _scan_local(self.url, source, with_sizes=False)
+        base = "" if path == "/" else path
+        return [path] + [base + d for d in dirs], [base + f for f in files]
+
+    def _subtree_http(self, path: str, source: str) -> tuple[list[str], list[str]]:
+        from fsspec.asyn import sync
+
+        if path != "/":
+            where = _join_url(self.url, path)
+            # Not following redirects: a directory is a redirect to the url plus "/" (one request)
+            status, location, _ = with_retries(
+                where, lambda: sync(self.fs.loop, _http_probe, self.fs, source, False), attempts=self.attempts)
+            if status in (404, 410):
+                raise InputNotFound(f"{where}: not found (HTTP {status})")
+            if status >= 400:
+                raise InputUnreachable(f"{where}: HTTP {status}", retryable=False)
+            if location.split("#", 1)[0] != source + "/":
+                return [], [path]  # a file (also one that redirects elsewhere: fetching follows it)
+            source += "/"
+        entries = sync(self.fs.loop, _walk_http_async, self.url, self.fs, source)
+        base = "" if path == "/" else path
+        return ([path] + [base + e.path for e in entries if e.is_dir],
+                [base + e.path for e in entries if not e.is_dir])
+
+    def _subtree_fsspec(self, path: str, source: str) -> tuple[list[str], list[str]]:
+        where = _join_url(self.url, path)
+        found = with_retries(where, lambda: self.fs.find(source, withdirs=True, detail=True),
+                             attempts=self.attempts)
+        bare = source.rstrip("/")
+        own = found.get(bare) or found.get(bare + "/")
+        if own is not None and own.get("type") != "directory":
+            return [], [path]
+        if not found:  # an empty directory, or nothing at all
+            if path == "/":
+                return [path], []  # the root is a directory (open_input said so), e.g. an S3 prefix with no keys
+            info = with_retries(where, lambda: self.fs.info(source), attempts=self.attempts)
+            return ([path], []) if info.get("type") == "directory" else ([], [path])
+        dirs, files = [path], []
+        base = "" if path == "/" else path
+        for name, info in found.items():
+            name = name.rstrip("/")
+            if name.startswith(bare + "/"):
+                rel = base + "/" + name[len(bare) + 1:]
+                (dirs if info.get("type") == "directory" else files).append(rel)
+        return dirs, files
+
     def _basename(self) -> str:
         name = self.root.rstrip("/")
         if self._kind == "http":
@@ -150,15 +237,51 @@ def open_input(url: str) -> InputRoot:
         raise PlanError(f"{url}: cannot open this url ({_reason(exc)})",
                         hint="check the url; paths are relative to the spec file") from None
 
-    fs_protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    fs_protocol = _protocol(fs)
     if fs_protocol in ("file", "local"):
         return _open_local(url, fs, path)
     if fs_protocol in ("http", "https"):
         return _open_http(url, fs, path)
-    info = _call(url, lambda: fs.info(path))
+    attempts = attempts_for(fs)
+    fs.invalidate_cache()  # plan what is there now, not what this process listed before
+    try:
+        info = with_retries(url, lambda: fs.info(path), attempts=attempts)
+    except InputNotFound:
+        if fs_protocol not in SELF_RETRYING:
+            raise
+        _check_bucket(url, fs, path)
+        return InputRoot(url, fs, path, is_file=False)  # a prefix with no keys: an empty directory
     if info.get("type") == "directory":
         return InputRoot(url, fs, path, is_file=False)
     return InputRoot(url, fs, path, is_file=True, size=info.get("size"))
+
+
+def _protocol(fs: Any) -> str:
+    return fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+
+
+def _join_url(url: str, path: str) -> str:
+    """The url of a relative path under an input url, for messages."""
+    return url.rstrip("/") + path if path != "/" else url
+
+
+def _copy_file(source: str, target: str | os.PathLike) -> int:
+    import shutil
+
+    shutil.copyfile(source, target)
+    return os.path.getsize(target)
+
+
+# --- s3 --------------------------------------------------------------------------------------
+
+def _check_bucket(url: str, fs: Any, path: str) -> None:
+    """Raise InputNotFound naming the bucket when the bucket of `path` does not exist."""
+    bucket = path.split("/", 1)[0]
+    try:
+        with_retries(url, lambda: fs.call_s3("head_bucket", Bucket=bucket), attempts=1)
+    except InputNotFound:
+        raise InputNotFound(f"{url}: bucket {bucket!r} does not exist",
+                            hint="check the bucket name, and AWS_ENDPOINT_URL when it is not AWS's S3") from None
 
 
 # --- local -----------------------------------------------------------------------------------
@@ -220,7 +343,7 @@ def _scan_local(url: str, root: str, *, with_sizes: bool) -> tuple[list[str], li
 def _open_http(url: str, fs: Any, path: str) -> InputRoot:
     from fsspec.asyn import sync
 
-    status, final_url, size = _call(url, lambda: sync(fs.loop, _http_probe, fs, path))
+    status, final_url, size = with_retries(url, lambda: sync(fs.loop, _http_probe, fs, path))
     if status in (404, 410):
         raise InputNotFound(f"{url}: not found (HTTP {status})", hint="check the url") from None
     if status >= 400:
@@ -233,21 +356,25 @@ def _open_http(url: str, fs: Any, path: str) -> InputRoot:
     return InputRoot(url, fs, path, is_file=True, size=size, kind="http")
 
 
-async def _http_probe(fs: Any, url: str) -> tuple[int, str, int | None]:
-    """(status, final url after redirects, Content-Length); 5xx raises to be retried."""
+async def _http_probe(fs: Any, url: str, follow: bool = True) -> tuple[int, str, int | None]:
+    """(status, final url after redirects, Content-Length); 5xx raises to be retried.
+    With `follow=False`, a redirect is not followed and its target is returned as the url."""
     import aiohttp
 
     session = await fs.set_session()
     for method in ("HEAD", "GET"):
         target = fs.encode_url(url) if hasattr(fs, "encode_url") else url
-        async with session.request(method, target, allow_redirects=True, **getattr(fs, "kwargs", {})) as r:
+        async with session.request(method, target, allow_redirects=follow, **getattr(fs, "kwargs", {})) as r:
             if method == "HEAD" and r.status in (405, 501):
                 continue  # the server does not do HEAD
             if r.status >= 500 or r.status in (408, 429):
                 r.raise_for_status()
+            final = str(r.url)
+            if not follow and 300 <= r.status < 400 and r.headers.get("Location"):
+                return r.status, urljoin(final, r.headers["Location"]), None
             length = r.headers.get("Content-Length")
             size = int(length) if length and length.isdigit() and not r.headers.get("Content-Encoding") else None
-            return r.status, str(r.url), size
+            return r.status, final, size
     raise aiohttp.ClientError("neither HEAD nor GET is allowed")  # pragma: no cover
 
 
@@ -289,7 +416,8 @@ async def _walk_http_async(url: str, fs: Any, root: str) -> list[Entry]:
 # --- any other fsspec filesystem ----------------------------------------------------------------
 
 def _walk_fsspec(url: str, fs: Any, root: str) -> list[Entry]:
-    found = _call(url, lambda: fs.find(root, withdirs=True, detail=True))
+    found = with_retries(url, lambda: fs.find(root, withdirs=True, detail=True),
+                         attempts=attempts_for(fs))
     prefix = root.rstrip("/") + "/"
     out: list[Entry] = []
     for name, info in found.items():
@@ -299,60 +427,3 @@ def _walk_fsspec(url: str, fs: Any, root: str) -> list[Entry]:
         is_dir = info.get("type") == "directory"
         out.append(Entry("/" + name[len(prefix):], is_dir, None if is_dir else info.get("size")))
     return out
-
-
-# --- errors and retries ----------------------------------------------------------------------
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _classify(url: str, exc: BaseException) -> tuple[BflowError, bool]:
-    """The error to raise for `exc`, and whether trying again may help."""
-    if isinstance(exc, BflowError):
-        return exc, False
-    if isinstance(exc, FileNotFoundError):
-        return InputNotFound(f"{url}: not found", hint="check the url; it names nothing"), False
-    if isinstance(exc, PermissionError):
-        return InputUnreachable(f"{url}: permission denied ({_reason(exc)})", retryable=False), False
-    aiohttp = sys.modules.get("aiohttp")
-    if aiohttp is not None and isinstance(exc, aiohttp.ClientResponseError):
-        status = exc.status
-        if status in (404, 410):
-            return InputNotFound(f"{url}: not found (HTTP {status})", hint="check the url"), False
-        transient = status >= 500 or status in (408, 429)
-        return InputUnreachable(f"{url}: HTTP {status} {exc.message}".rstrip(), retryable=transient,
-                                hint="the server failed; try again later" if transient else None), transient
-    transient_types: tuple[type[BaseException], ...] = (OSError, asyncio.TimeoutError, TimeoutError)
-    if aiohttp is not None:
-        transient_types += (aiohttp.ClientError,)
-    if isinstance(exc, transient_types):
-        return InputUnreachable(f"{url}: unreachable ({_reason(exc)})",
-                                hint="check that the server is up and the url is right"), True
-    return InputUnreachable(f"{url}: cannot list it ({_reason(exc)})", retryable=False), False
-
-
-def _call(url: str, fn: Callable[[], T]) -> T:
-    """Run fn, retrying transient errors; raise only BflowErrors."""
-    for attempt in range(ATTEMPTS):
-        try:
-            return fn()
-        except Exception as exc:  # noqa: BLE001 - translated below
-            err, transient = _classify(url, exc)
-            if not transient or attempt == ATTEMPTS - 1:
-                raise err from None
-        time.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-async def _call_async(url: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    for attempt in range(ATTEMPTS):
-        try:
-            return await fn(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - translated below
-            err, transient = _classify(url, exc)
-            if not transient or attempt == ATTEMPTS - 1:
-                raise err from None
-        await asyncio.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
-    raise AssertionError("unreachable")  # pragma: no cover

@@ -146,6 +146,8 @@ class Transform(_Model):
     image: str | None = Field(None, description="Container image (docker only).")
     module: str | None = Field(None, description="Path or URL of the WebAssembly module (wasm only).")
     entrypoint: str = Field("_start", description="Exported function the wasm executor calls.")
+    fuel: int | None = Field(None, ge=1, strict=True,
+                             description="Wasm only: fuel units a shard may use (about one per instruction).")
     cmd: Command = Field(default_factory=list,
                          description="Command and arguments; a single string runs via `sh -c`.")
     stdin: str | None = Field(None, description="Text piped to the command's standard input.")
@@ -156,7 +158,23 @@ class Transform(_Model):
     def _default_executor(cls, data: Any) -> Any:
         if isinstance(data, dict) and "executor" not in data:
             data = {**data, "executor": "docker" if data.get("image") is not None else "local"}
+        if isinstance(data, dict) and data.get("executor") == "wasm" and isinstance(data.get("cmd"), str):
+            raise PydanticCustomError("transform_rule", "the wasm executor has no shell: give cmd as a list "
+                                      "of arguments", {"at": "cmd"})
         return data
+
+    @field_validator("module")
+    @classmethod
+    def _check_module(cls, module: str | None) -> str | None:
+        if module is None:
+            return None
+        if not module.strip():
+            raise ValueError("module must not be empty")
+        scheme = url_scheme(module)
+        if scheme not in (None, "file", "http", "https"):
+            raise ValueError(f"unsupported module url scheme {scheme!r}: expected a path, file://, "
+                             "http:// or https://")
+        return module
 
     @model_validator(mode="after")
     def _executor_needs(self) -> Transform:
@@ -177,7 +195,17 @@ class Transform(_Model):
         if "entrypoint" in self.model_fields_set and ex != "wasm":
             raise fail(f"entrypoint is only used by the wasm executor, but executor is {ex}",
                        "entrypoint")
+        if self.fuel is not None and ex != "wasm":
+            raise fail(f"fuel is only used by the wasm executor, but executor is {ex}", "fuel")
         return self
+
+    def resolved_module(self, base_dir: Path | str) -> str | None:
+        """The module with a local path made absolute against `base_dir` (the spec's
+        directory), as `Input.resolved_url` does; http(s) urls are returned unchanged."""
+        if self.module is None or url_scheme(self.module) in ("http", "https"):
+            return self.module
+        path = _file_url_path(self.module) if url_scheme(self.module) == "file" else self.module
+        return os.path.abspath(os.path.join(base_dir, os.path.expanduser(path)))
 
 
 class Resources(_Model):
@@ -189,11 +217,46 @@ class Resources(_Model):
     gpu: int = Field(0, ge=0, strict=True, description="Number of GPUs.")
 
 
+PUBLISH_PLACEHOLDERS = ("job_id", "pipeline")
+
+
 class Output(_Model):
-    """How shard outputs are merged into one tree."""
+    """How shard outputs are merged into one tree, and where that tree is published."""
 
     conflict: Literal["error", "concat"] = Field(
         "error", description="Two shards writing one path: error, or concat in shard order.")
+    publish: str | None = Field(
+        None, description="Where the merged outputs are written when the job completed: an fsspec url "
+                          "(s3://bucket/prefix/{job_id}, file://...) or a path relative to the spec file; "
+                          "placeholders {job_id} and {pipeline}.")
+
+    @field_validator("publish")
+    @classmethod
+    def _check_publish(cls, url: str | None) -> str | None:
+        if url is None:
+            return url
+        if not url.strip():
+            raise ValueError("publish must not be empty")
+        import string
+
+        try:
+            fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(url) if name is not None]
+        except ValueError:
+            raise ValueError(f"unbalanced brace in {url!r}: placeholders are {{job_id}} and {{pipeline}}; "
+                             "write {{ or }} for a literal brace") from None
+        known = ", ".join(f"{{{p}}}" for p in PUBLISH_PLACEHOLDERS)
+        for name, spec, conv in fields:
+            if name not in PUBLISH_PLACEHOLDERS or spec or conv:
+                shown = "{" + name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+                raise ValueError(f"unknown placeholder {shown} in {url!r}: expected {known}")
+        scheme = url_scheme(url)
+        if scheme is not None and scheme != "file":
+            from fsspec.registry import available_protocols
+
+            if scheme not in available_protocols():
+                raise ValueError(f"unknown protocol {scheme!r} in {url!r}: expected a local path or an "
+                                 "fsspec url such as s3://bucket/prefix")
+        return url
 
 
 class Schedule(_Model):

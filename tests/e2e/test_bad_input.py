@@ -5,6 +5,7 @@ import signal
 import time
 
 from cli_helpers import bflow, bflow_process, wait_for_running_shard, write_spec
+from http_helpers import FileServer
 
 from bacalhau_flow.home import jobs_db
 from bacalhau_flow.jobs.store import JobStore
@@ -48,6 +49,43 @@ def test_unreachable_url_is_reported(tmp_path):
     spec = write_spec(tmp_path, "pipeline: wc\ninput: {url: 'http://127.0.0.1:9/data/'}\ntransform: {cmd: ['true']}\n")
     r = bflow("run", spec)
     assert r.code == 2 and "127.0.0.1:9" in r.stderr
+
+
+def test_http_404_url_is_not_found_before_anything_runs(tmp_path):
+    (tmp_path / "www").mkdir()
+    with FileServer(tmp_path / "www") as server:
+        spec = write_spec(tmp_path, f"pipeline: wc\ninput: {{url: '{server.url}/missing.txt'}}\n"
+                                    "transform: {cmd: ['true']}\n")
+        r = bflow("run", spec)
+    assert r.code == 2
+    assert f"{server.url}/missing.txt: not found (HTTP 404)" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_unknown_host_is_unreachable_and_named(tmp_path):
+    spec = write_spec(tmp_path, "pipeline: wc\ninput: {url: 'http://bflow-no-such-host.invalid/data/'}\n"
+                                "transform: {cmd: ['true']}\n")
+    r = bflow("run", spec)
+    assert r.code == 2
+    assert "http://bflow-no-such-host.invalid/data/: unreachable" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_listed_file_missing_when_staged_fails_the_shard_naming_input_and_path(tmp_path):
+    (tmp_path / "www").mkdir()
+    for name in ("a.txt", "b.txt"):
+        (tmp_path / "www" / name).write_text(name)
+    with FileServer(tmp_path / "www", missing=("/b.txt",)) as server:  # listed, but GET answers 404
+        spec = write_spec(tmp_path, f"pipeline: gone\ninput: {{name: www, url: '{server.url}/', glob: '/*'}}\n"
+                                    "transform: {cmd: [sh, -c, 'cat $BFLOW_INPUTS/www/*']}\n")
+        r = bflow("run", spec, "--json")
+    assert r.code == 1 and "Traceback" not in r.stderr
+    a, b = r.json()["shards"]
+    assert a["state"] == "completed"
+    assert b["state"] == "failed" and b["exit_code"] is None
+    assert f"cannot stage input 'www' path /b.txt: {server.url}/b.txt: not found" in b["error"]
+    logs = bflow("logs", r.json()["id"], "--shard", "1")
+    assert "cannot stage input 'www' path /b.txt" in logs.stderr
 
 
 def test_glob_matching_nothing_is_an_empty_succeeding_job_with_a_warning(tmp_path):

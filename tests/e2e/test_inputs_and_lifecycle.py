@@ -8,6 +8,7 @@ from functools import partial
 import fsspec
 import pytest
 from cli_helpers import bflow, write_spec
+from http_helpers import FileServer
 
 from bacalhau_flow.home import bflow_home, jobs_db
 from bacalhau_flow.jobs.store import JobStore
@@ -37,6 +38,30 @@ transform: {{cmd: [sh, -c, 'grep -c GET $BFLOW_INPUTS/logs/*.log']}}
     out = tmp_path / "out"
     bflow("get", r.json()["id"], "-o", out)
     assert (out / "stdout").read_text().split() == ["2", "4", "6"]
+
+
+def test_a_flaky_server_still_gives_a_succeeding_job(tmp_path):
+    """Every (method, path) fails twice with 503 before it is served: planning's listing and
+    every node's listing and fetch retry, and the job succeeds without a shard retry."""
+    www = tmp_path / "www"
+    (www / "logs" / "old").mkdir(parents=True)
+    for i in range(3):
+        (www / "logs" / f"day{i}.log").write_text(f"day {i}\n")
+    (www / "logs" / "old" / "archive.log").write_text("old\n")
+    with FileServer(www, failures=2, status=503) as server:
+        spec = write_spec(tmp_path, f"""
+pipeline: flaky-http
+input: {{name: logs, url: '{server.url}/logs/', glob: '/*'}}
+transform: {{cmd: [sh, -c, 'cd $BFLOW_INPUTS/logs && find . -type f | sort | xargs cat']}}
+""")
+        r = bflow("run", spec, "--json")
+        assert r.code == 0, r.stderr
+        assert [s["attempts"] for s in r.json()["shards"]] == [1, 1, 1, 1]
+        assert server.gets("/logs/") == 3  # the listing, at planning
+        assert server.gets("/logs/day1.log") == 3 and server.gets("/logs/old/archive.log") == 3  # staging
+    out = tmp_path / "out"
+    bflow("get", r.json()["id"], "-o", out)
+    assert (out / "stdout").read_text().split("\n") == ["day 0", "day 1", "day 2", "old", ""]
 
 
 def test_a_single_file_url_is_one_datum(tmp_path, http_root):

@@ -62,9 +62,11 @@ def test_gpus_become_cuda_visible_devices(tmp_path):
     assert (tmp_path / "stdout").read_text() == "0,2\n"
 
 
-def test_executors_are_found_by_name_and_docker_is_not_yet():
+def test_executors_are_found_by_name_and_an_unknown_one_is_a_clear_error():
     assert isinstance(get_executor("local"), LocalExecutor)
     from bacalhau_flow.errors import BflowError
+    from bacalhau_flow.executors.registry import available_executors
 
-    with pytest.raises(BflowError, match="not supported yet"):
-        get_executor("docker")
+    assert {"local", "docker", "wasm"} <= set(available_executors())
+    with pytest.raises(BflowError, match="no-such"):
+        get_executor("no-such")

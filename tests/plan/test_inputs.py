@@ -14,7 +14,7 @@ import fsspec
 import pytest
 
 from bacalhau_flow.errors import BflowError, InputNotFound, InputUnreachable, PlanError
-from bacalhau_flow.plan import inputs
+from bacalhau_flow.plan import inputs, retries
 from bacalhau_flow.plan.datums import plan_datums
 from bacalhau_flow.plan.inputs import Entry, open_input
 
@@ -39,7 +39,7 @@ EXPECTED = [("/a.txt", False), ("/b.csv", False), ("/sp ace", True), ("/sp ace/e
 
 @pytest.fixture(autouse=True)
 def no_backoff(monkeypatch):
-    monkeypatch.setattr(inputs, "BACKOFF_S", (0.0, 0.0))
+    monkeypatch.setattr(retries, "BACKOFF_S", (0.0, 0.0))
 
 
 # --- local ----------------------------------------------------------------------------------
@@ -284,7 +284,7 @@ def test_server_error_is_retried_then_raises_input_unreachable(tmp_path):
     try:
         with pytest.raises(InputUnreachable, match="HTTP 500"):
             open_input(base + "/")
-        assert len(counter) == inputs.ATTEMPTS
+        assert len(counter) == retries.ATTEMPTS
     finally:
         server.shutdown()
         server.server_close()

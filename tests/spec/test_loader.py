@@ -146,7 +146,7 @@ def test_unknown_nested_key_points_at_the_key():
 def test_unknown_key_without_a_close_match_lists_the_fields():
     err = spec_error(MINIMAL.format(name="wc") + "output: {zzz: 1}\n")
     assert where(err) == (4, 10, "wc.output.zzz")
-    assert err.detail == "unknown field 'zzz'; expected one of conflict"
+    assert err.detail == "unknown field 'zzz'; expected one of conflict, publish"
 
 
 def test_an_unknown_key_is_reported_before_the_missing_field_it_explains():

@@ -43,7 +43,7 @@ def test_fields_keep_the_order_of_the_product_spec():
         "retries", "timeout", "output", "schedule", "reprocess"]
     assert list(Input.model_fields) == ["name", "url", "glob", "exclude", "batch_size"]
     assert list(Transform.model_fields) == [
-        "executor", "image", "module", "entrypoint", "cmd", "stdin", "env"]
+        "executor", "image", "module", "entrypoint", "fuel", "cmd", "stdin", "env"]
     assert list(Resources.model_fields) == ["cpu", "memory", "disk", "gpu"]
 
 
@@ -193,6 +193,10 @@ def test_env_values_are_coerced_to_strings():
     ({"executor": "local", "image": "busybox", "cmd": ["x"]}, "image is only used by the docker"),
     ({"image": "busybox", "module": "m.wasm"}, "module is only used by the wasm"),
     ({"cmd": ["x"], "entrypoint": "main"}, "entrypoint is only used by the wasm"),
+    ({"cmd": ["x"], "fuel": 1000}, "fuel is only used by the wasm"),
+    ({"executor": "wasm", "module": "m.wasm", "cmd": "run it"}, "the wasm executor has no shell"),
+    ({"executor": "wasm", "module": "m.wasm", "fuel": 0}, "greater than or equal to 1"),
+    ({"executor": "wasm", "module": "ipfs://bafy/m.wasm"}, "unsupported module url scheme 'ipfs'"),
 ])
 def test_each_executor_gets_what_it_needs(fields, message):
     with pytest.raises(ValidationError, match=message):
@@ -201,7 +205,19 @@ def test_each_executor_gets_what_it_needs(fields, message):
 
 def test_wasm_transform_with_module():
     t = Transform(executor="wasm", module="hello.wasm", entrypoint="main")
-    assert (t.module, t.entrypoint, t.cmd) == ("hello.wasm", "main", [])
+    assert (t.module, t.entrypoint, t.fuel, t.cmd) == ("hello.wasm", "main", None, [])
+    assert Transform(executor="wasm", module="m.wasm", fuel=10**9).fuel == 10**9
+
+
+@pytest.mark.parametrize("module, resolved", [
+    ("hello.wasm", "/specs/hello.wasm"),
+    ("../mods/hello.wasm", "/mods/hello.wasm"),
+    ("/abs/hello.wasm", "/abs/hello.wasm"),
+    ("file:///abs/hello.wasm", "/abs/hello.wasm"),
+    ("https://example.org/hello.wasm", "https://example.org/hello.wasm"),
+])
+def test_wasm_module_paths_resolve_against_the_spec_directory(module, resolved):
+    assert Transform(executor="wasm", module=module).resolved_module("/specs") == resolved
 
 
 # --- durations, sizes, resources, schedule -----------------------------------------------

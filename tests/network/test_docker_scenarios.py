@@ -1,0 +1,67 @@
+"""The end-to-end scenarios of test_scenarios.py, each in a container of the busybox test image,
+on a 3-node devstack over every transport; and a job whose image does not exist."""
+
+import importlib.util
+import uuid
+from pathlib import Path
+
+import pytest
+from cli_helpers import bflow, write_spec
+
+from bacalhau_flow.testing.docker_image import ensure_test_image
+
+
+def _scenarios() -> dict:
+    """SCENARIOS of test_scenarios.py (tests are not a package: load the module by its path)."""
+    path = Path(__file__).with_name("test_scenarios.py")
+    spec = importlib.util.spec_from_file_location("_bflow_test_scenarios", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.LINES, module.SCENARIOS
+
+
+LINES, SCENARIOS = _scenarios()
+
+
+@pytest.fixture(scope="module")
+def image():
+    return ensure_test_image()
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_scenario_in_docker(name, image, devstack, tmp_path):
+    transform, exit_code, stdout, output = SCENARIOS[name]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "fruit.txt").write_text(LINES)
+    spec = write_spec(tmp_path, "pipeline: scenario\ninput: {url: in, glob: '/fruit.txt'}\n"
+                                f"transform:\n  image: {image}\n  {transform}\n")
+    r = bflow("run", spec, "--network", devstack.url, "--json")
+    job = r.json()
+    assert job["shards"][0]["exit_code"] == exit_code, r.stderr
+    assert r.code == (0 if exit_code == 0 else 1)
+    got = tmp_path / "got"
+    assert bflow("get", job["id"], "-o", got).code == 0
+    assert (got / "stdout").read_text() == stdout
+    if exit_code:
+        assert (got / "stderr").read_text() == "broken\n"
+        assert (got / "shards" / "0" / "exit_code").read_text().strip() == str(exit_code)
+    if output:
+        assert (got / "outputs" / output[0]).read_text() == output[1]
+    assert job["shards"][0]["node"] in {n.id for n in devstack.nodes}
+
+
+def test_a_job_whose_image_does_not_exist_fails_and_says_why(image, devstack, tmp_path):
+    missing = f"bflow-test/no-such-image-{uuid.uuid4().hex[:8]}:1"
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "fruit.txt").write_text(LINES)
+    spec = write_spec(tmp_path, "pipeline: missing\ninput: {url: in, glob: '/fruit.txt'}\n"
+                                f"transform:\n  image: {missing}\n  cmd: [cat, /inputs/in/fruit.txt]\n")
+    r = bflow("run", spec, "--network", devstack.url, "--json")
+    assert r.code != 0
+    assert "Traceback" not in r.stdout + r.stderr
+    job = r.json()
+    assert job["state"] == "failed" and job["shards"][0]["state"] == "failed"
+    got = tmp_path / "got"
+    bflow("get", job["id"], "-o", got)
+    shard_stderr = (got / "shards" / "0" / "stderr").read_text()
+    assert missing in shard_stderr and "cannot be pulled" in shard_stderr
