@@ -92,12 +92,20 @@ def shards_table(shards) -> Table:
 def plan_table(plan) -> Table:
     table = Table("#", "SHARD", "DATUMS", box=None, title=f"{plan.pipeline}: {len(plan.shards)} shards")
     for s in plan.shards[:200]:
-        paths = [p for d in s.datums for ps in d.to_json().values() for p in ps]
-        shown = ", ".join(paths[:4]) + (f", … ({len(paths)} in all)" if len(paths) > 4 else "")
+        datums = [_datum_text(d) for d in s.datums]
+        shown = "; ".join(datums[:4]) + (f"; … ({len(datums)} datums)" if len(datums) > 4 else "")
         table.add_row(str(s.index), s.id, shown)
     if len(plan.shards) > 200:
         table.add_row("…", f"{len(plan.shards) - 200} more", "")
     return table
+
+
+def _datum_text(datum) -> str:
+    """`/a.txt` for a single input's datum; `books:/a.txt + refs:/b.txt` for a combined one."""
+    mounts = datum.to_json()
+    if len(mounts) == 1:
+        return ", ".join(next(iter(mounts.values())))
+    return " + ".join(f"{name}:{','.join(paths)}" for name, paths in mounts.items())
 
 
 def nodes_table(nodes) -> Table:

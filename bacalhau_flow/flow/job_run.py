@@ -18,6 +18,7 @@ from ..jobs.store import JobRecord, JobStore
 from ..network.messages import InputRef, ResourceAsk, ShardRequest, ShardResult, TransformRef
 from ..network.requester import Requester
 from ..plan import Shard
+from ..plan.combinators import leaves
 from ..spec import Pipeline
 from ..storage import ContentStore
 
@@ -46,7 +47,7 @@ class JobRun:
         self._tried: dict[int, set[str]] = {}
         self._hopeless: dict[int, str] = {}  # shards no node can ever run -> why
         base_dir = pipeline.base_dir
-        self._inputs = [InputRef(name=pipeline.input.name, url=pipeline.input.resolved_url(base_dir))]
+        self._inputs = [InputRef(name=leaf.name, url=leaf.url) for leaf in leaves(pipeline.input_tree())]
         t = pipeline.transform
         self._transform = TransformRef(executor=t.executor, cmd=t.cmd or [], image=t.image,
                                        module=t.resolved_module(base_dir), entrypoint=t.entrypoint,

@@ -64,11 +64,15 @@ def shard_id(pipeline: str, datums: tuple[Datum, ...]) -> str:
     return "sh-" + hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
-def cut_into_shards(pipeline: str, datums: list[Datum], batch_size: int) -> list[Shard]:
-    """Sort datums by path and cut them into shards of `batch_size` consecutive datums."""
+def cut_into_shards(pipeline: str, datums: list[Datum], batch_size: int, *,
+                    keep_order: bool = False) -> list[Shard]:
+    """Sort datums by path and cut them into shards of `batch_size` consecutive datums.
+
+    `keep_order`: the datums are already in their planned order (input combinators order
+    them by spec and key, see `plan_input_tree`); cut them as they come."""
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
-    ordered = sorted(datums)
+    ordered = list(datums) if keep_order else sorted(datums)
     return [
         Shard(pipeline, i, tuple(ordered[start : start + batch_size]))
         for i, start in enumerate(range(0, len(ordered), batch_size))

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .combinators import Leaf, plan_input_tree
 from .datum import Shard, cut_into_shards
-from .datums import plan_datums
-from .inputs import open_input
 
 
 @dataclass
@@ -20,16 +19,14 @@ class PipelinePlan:
 
 
 def plan_pipeline(pipeline) -> PipelinePlan:
-    """Glob the pipeline's input and cut its datums into shards.
-    Raises InputNotFound / InputUnreachable / PlanError for inputs that cannot be listed."""
-    spec_input = pipeline.input
-    url = spec_input.resolved_url(pipeline.base_dir)
-    root = open_input(url)
-    datums = plan_datums(spec_input.name, root, spec_input.glob, spec_input.exclude)
-    shards = cut_into_shards(pipeline.name, datums, spec_input.batch_size)
+    """Glob the pipeline's input (one input, or a tree of combined inputs) and cut its datums
+    into shards. Raises InputNotFound / InputUnreachable / PlanError for inputs that cannot be listed."""
+    tree = pipeline.input_tree()
+    datums = plan_input_tree(tree)
+    shards = cut_into_shards(pipeline.name, datums, pipeline.input.batch_size, keep_order=True)
     warnings = []
     if not shards:
-        warnings.append(
-            f"{pipeline.name}: glob {spec_input.glob!r} matched nothing in {url}; the job has 0 shards"
-        )
+        what = (f"glob {tree.glob!r} matched nothing in {tree.url}" if isinstance(tree, Leaf)
+                else f"the {pipeline.input.keyword} input gives no datums")
+        warnings.append(f"{pipeline.name}: {what}; the job has 0 shards")
     return PipelinePlan(pipeline.name, shards, warnings)

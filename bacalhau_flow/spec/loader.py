@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Tag, ValidationError
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
@@ -101,8 +101,9 @@ def _load_document(node: Node, source: str) -> Pipeline:
 def _validation_error(err: Any, root: Node, source: str, name: str | None) -> SpecError:
     """A located `SpecError` (or `NotYetSupported`) for one pydantic error."""
     kind, ctx = err["type"], err.get("ctx") or {}
-    loc = tuple(err["loc"]) + ((ctx["at"],) if ctx.get("at") else ())
-    node, parts, last_key = _walk(root, loc)
+    at = ctx.get("at")  # a key, or a path of keys and indexes, below the error's loc
+    loc = tuple(err["loc"]) + (tuple(at) if isinstance(at, (tuple, list)) else (at,) if at else ())
+    node, parts, last_key = _walk(root, tuple(step for step in loc if not _is_tag(step)))
     if last_key is not None and (kind in ("extra_forbidden", "invalid_key") or ctx.get("at")):
         node = last_key  # an error about a key; a missing key points at its mapping instead
     field = ".".join(([name] if name else []) + parts).replace(".[", "[")
@@ -172,15 +173,38 @@ def _message(err: Any, loc: tuple[Any, ...]) -> str:
 
 
 def _fields_at(loc: tuple[Any, ...]) -> list[str]:
-    """The field names of the model that `loc` leads to from `Pipeline` (empty if none)."""
-    model: type[BaseModel] | None = Pipeline
+    """The field names of the model that `loc` leads to from `Pipeline` (empty if none).
+
+    Where a field holds one of several models (the input kinds), a union tag in `loc` picks
+    one; without a tag, the one with the next step as a field, else the first."""
+    models: list[tuple[type[BaseModel], str | None]] = [(Pipeline, None)]
     for step in loc:
-        if model is None or step not in model.model_fields:
-            return [] if model is None else list(model.model_fields)
-        annotation = model.model_fields[step].annotation
-        candidates = typing.get_args(annotation) or (annotation,)
-        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
-    return list(model.model_fields) if model else []
+        if isinstance(step, int):
+            continue  # an index into a list of models
+        if _is_tag(step):
+            models = [pair for pair in models if pair[1] == step] or models
+            continue
+        model = next((m for m, _ in models if step in m.model_fields), None)
+        if model is None:
+            break
+        models = _models_in(model.model_fields[step].annotation)
+    return list(models[0][0].model_fields) if models else []
+
+
+def _models_in(annotation: Any, tag: str | None = None) -> list[tuple[type[BaseModel], str | None]]:
+    """(model, union tag) of each model a field's annotation can hold, through Optional,
+    Union, list and Annotated."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [(annotation, tag)]
+    if typing.get_origin(annotation) is typing.Annotated:
+        base, *meta = typing.get_args(annotation)
+        return _models_in(base, next((m.tag for m in meta if isinstance(m, Tag)), tag))
+    return [pair for arg in typing.get_args(annotation) for pair in _models_in(arg, tag)]
+
+
+def _is_tag(step: Any) -> bool:
+    """Whether a loc step is a tag of the models' tagged unions (written `<kind>`)."""
+    return isinstance(step, str) and step.startswith("<") and step.endswith(">")
 
 
 def _describe(value: Any) -> str:

@@ -15,17 +15,18 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Union
 from urllib.parse import unquote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, field_validator,
+                      model_validator)
 from pydantic_core import PydanticCustomError
 
 from .values import Command, Cpu, Duration, GlobStr, Size, StrMap, compiled_glob, no_default
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 SCHEMES = ("file", "http", "https", "ipfs", "s3", "memory")
-COMBINATORS = ("cross", "union", "join", "group", "join_on", "group_by", "outer_join")
+COMBINATORS = ("cross", "union", "join", "group")
 _URL_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")
 
 
@@ -61,18 +62,18 @@ class Input(_Model):
     glob: str = Field("/", description="Which files or directories are datums (section 3).")
     exclude: list[GlobStr] = Field(default_factory=list,
                                    description="Datums matching any of these globs are dropped.")
-    batch_size: int = Field(1, ge=1, strict=True, description="Datums per shard.")
+    batch_size: int = Field(1, ge=1, strict=True, description="Datums per shard (top-level input only).")
+    join_on: str | None = Field(None, description="Members of a join only: the key, from the glob's "
+                                                  "( ) groups, e.g. '$1' or '$1-$2'.")
+    outer_join: bool = Field(False, strict=True, description="Members of a join only: keep this input's "
+                                                              "datums whose key has no partner.")
+    group_by: str | None = Field(None, description="Members of a group only: the key, e.g. '$1'.")
 
     @model_validator(mode="before")
     @classmethod
-    def _combinators_and_default_name(cls, data: Any) -> Any:
+    def _default_name(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        for key in data:
-            if key in COMBINATORS:
-                raise PydanticCustomError(
-                    "not_yet_supported", "input combinators ({key}) are not supported yet",
-                    {"key": key, "at": key})
         url = data.get("url")
         if "name" not in data and isinstance(url, str) and url_scheme(url) != "pipeline":
             data = {**data, "name": _default_name(url)}
@@ -122,6 +123,69 @@ class Input(_Model):
         else:
             return self.url
         return os.path.abspath(os.path.join(base_dir, os.path.expanduser(path)))
+
+    def tree(self, base_dir: Path | str):
+        """This input as a `plan.combinators.Leaf`, its url resolved against `base_dir`."""
+        from bacalhau_flow.plan.combinators import Leaf
+
+        return Leaf(self.name, self.resolved_url(base_dir), self.glob, tuple(self.exclude),
+                    self.join_on, self.outer_join, self.group_by)
+
+
+class _Combined(_Model):
+    """An input combining other inputs (Pachyderm's input combinators)."""
+
+    keyword: ClassVar[str] = ""  # the YAML key holding the members
+    batch_size: int = Field(1, ge=1, strict=True, description="Datums per shard (top-level input only).")
+
+    @property
+    def members(self) -> list[InputNode]:
+        return getattr(self, self.keyword)
+
+    def tree(self, base_dir: Path | str):
+        """This input as a `plan.combinators` tree, urls resolved against `base_dir`."""
+        from bacalhau_flow.plan import combinators
+
+        return getattr(combinators, self.keyword.capitalize())([m.tree(base_dir) for m in self.members])
+
+
+class CrossInput(_Combined):
+    keyword: ClassVar[str] = "cross"
+    cross: list[InputNode] = Field(min_length=1, description="Every combination of one datum of each input.")
+
+
+class UnionInput(_Combined):
+    keyword: ClassVar[str] = "union"
+    union: list[InputNode] = Field(min_length=1, description="The datums of each input, one after another.")
+
+
+class JoinInput(_Combined):
+    keyword: ClassVar[str] = "join"
+    join: list[InputNode] = Field(min_length=1, description="Datums whose join_on keys are equal, combined.")
+
+
+class GroupInput(_Combined):
+    keyword: ClassVar[str] = "group"
+    group: list[InputNode] = Field(min_length=1, description="One datum per group_by key, holding all its files.")
+
+
+def _input_kind(data: Any) -> str:
+    """Which input model a mapping is: the combinator key it holds, else a single input."""
+    if isinstance(data, dict):
+        kind = next((key for key in COMBINATORS if key in data), "input")
+    else:
+        kind = getattr(data, "keyword", "input")
+    return f"<{kind}>"  # tags are written <...>: the loader leaves them out of field paths
+
+
+InputNode = Annotated[
+    Union[Annotated[Input, Tag("<input>")], Annotated[CrossInput, Tag("<cross>")],
+          Annotated[UnionInput, Tag("<union>")], Annotated[JoinInput, Tag("<join>")],
+          Annotated[GroupInput, Tag("<group>")]],
+    Discriminator(_input_kind),
+]
+for _model in (CrossInput, UnionInput, JoinInput, GroupInput):
+    _model.model_rebuild()
 
 
 def _default_name(url: str) -> str:
@@ -296,7 +360,8 @@ class Pipeline(_Model):
     pipeline: str = Field(description="Name: [a-z0-9][a-z0-9_-]{0,62}.",
                           json_schema_extra={"pattern": f"^{NAME_RE.pattern}$"})
     description: str | None = Field(None, description="Free text.")
-    input: Input = Field(description="The pipeline's input.")
+    input: InputNode = Field(description="The pipeline's input: a single input, or cross, union, join "
+                                         "or group of inputs.")
     transform: Transform = Field(description="What runs on each shard.")
     resources: Resources = Field(default_factory=Resources, description="Needs of one shard.")
     selector: StrMap = Field(default_factory=dict, description="Only nodes carrying these labels.")
@@ -310,6 +375,22 @@ class Pipeline(_Model):
 
     _source_file: str = PrivateAttr("<string>")
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @field_validator("input")
+    @classmethod
+    def _check_input_tree(cls, node: InputNode) -> InputNode:
+        """Rules across the input tree: batch_size only on top, join/group keys, unique names."""
+        from bacalhau_flow.plan.combinators import InputTreeError, check_tree
+
+        for loc, inner in _nested_inputs(node, ()):
+            if loc and "batch_size" in inner.model_fields_set:
+                raise PydanticCustomError("input_rule", "batch_size applies to the whole input: set it on "
+                                          "the top-level input", {"at": loc + ("batch_size",)})
+        try:
+            check_tree(node.tree("."))
+        except InputTreeError as e:
+            raise PydanticCustomError("input_rule", "{detail}", {"detail": e.detail, "at": e.loc}) from None
+        return node
 
     @field_validator("pipeline")
     @classmethod
@@ -339,7 +420,19 @@ class Pipeline(_Model):
         self._source_file, self._base_dir = source_file, Path(base_dir)
         return self
 
+    def input_tree(self):
+        """The input as a `plan.combinators` tree, local urls made absolute against base_dir."""
+        return self.input.tree(self._base_dir)
+
     @property
     def input_url(self) -> str:
         """`input.resolved_url(base_dir)`: the input url with local paths made absolute."""
         return self.input.resolved_url(self._base_dir)
+
+
+def _nested_inputs(node: InputNode, loc: tuple) -> list[tuple[tuple, InputNode]]:
+    """(loc below the input, node) of every input in the tree, the top one first."""
+    found = [(loc, node)]
+    for i, member in enumerate(getattr(node, "members", ())):
+        found += _nested_inputs(member, loc + (node.keyword, i))
+    return found

@@ -66,3 +66,31 @@ def test_list_and_describe_show_jobs_by_prefix():
     assert described["cid"] == job["cid"] and described["shards"] == job["shards"]
     human = bflow("describe", job["id"][:10])
     assert job["id"] in human.stdout and "completed" in human.stdout
+
+
+def test_join_example_pairs_each_book_with_its_author(tmp_path):
+    plan = bflow("plan", PIPELINES / "join.yaml", "--json").json()
+    datums = [d for s in plan["pipelines"][0]["shards"] for d in s["datums"]]
+    assert datums[0] == {"books": ["/alice.txt"], "authors": ["/alice.author"]}
+    r = bflow("run", PIPELINES / "join.yaml")
+    assert r.code == 0, r.stderr
+    assert r.stdout.splitlines() == ["alice by Lewis Carroll: 43 words", "moby by Herman Melville: 43 words",
+                                     "pride by Jane Austen: 23 words"]
+
+
+def test_wasm_example_runs_a_module_per_shard(tmp_path):
+    out = tmp_path / "results"
+    r = bflow("run", PIPELINES / "wasm-greet.yaml", "--output", out)
+    assert r.code == 0, r.stderr
+    assert r.stdout == "hello from wasm\n" * 3
+    assert (out / "outputs" / "greeting.txt").read_text() == "hello from wasm\n" * 3
+
+
+def test_docker_example_counts_words_in_a_container(tmp_path):
+    from bacalhau_flow.testing.docker_image import ensure_test_image
+
+    ensure_test_image()
+    r = bflow("run", PIPELINES / "docker-wordcount.yaml")
+    assert r.code == 0, r.stderr
+    local = bflow("run", PIPELINES / "wordcount.yaml")
+    assert r.stdout == local.stdout and r.stdout.count("\n") == 3

@@ -250,19 +250,6 @@ def test_schedule_with_cron_and_interval():
     assert err.detail == "give exactly one of cron or interval"
 
 
-def test_input_combinator_is_not_supported_yet():
-    err = spec_error("""\
-    pipeline: wc
-    input:
-      cross:
-        - {url: a}
-        - {url: b}
-    transform: {cmd: [x]}
-    """, NotYetSupported)
-    assert where(err) == (3, 3, "wc.input.cross")
-    assert err.detail == "input combinators (cross) are not supported yet"
-
-
 def test_pipeline_url_is_not_supported_yet():
     err = spec_error("pipeline: wc\ninput: {url: 'pipeline://upstream'}\ntransform: {cmd: [x]}\n",
                      NotYetSupported)

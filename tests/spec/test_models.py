@@ -41,7 +41,8 @@ def test_fields_keep_the_order_of_the_product_spec():
     assert list(Pipeline.model_fields) == [
         "pipeline", "description", "input", "transform", "resources", "selector", "network",
         "retries", "timeout", "output", "schedule", "reprocess"]
-    assert list(Input.model_fields) == ["name", "url", "glob", "exclude", "batch_size"]
+    assert list(Input.model_fields) == ["name", "url", "glob", "exclude", "batch_size", "join_on", "outer_join",
+                                        "group_by"]
     assert list(Transform.model_fields) == [
         "executor", "image", "module", "entrypoint", "fuel", "cmd", "stdin", "env"]
     assert list(Resources.model_fields) == ["cpu", "memory", "disk", "gpu"]
@@ -138,14 +139,6 @@ def test_resolved_url_makes_local_paths_absolute(url, expected):
     "s3://bucket/prefix", "memory://corpus"])
 def test_resolved_url_leaves_remote_urls_alone(url):
     assert Input(url=url).resolved_url("/specs") == url
-
-
-def test_input_combinators_are_not_supported_yet():
-    for key in ["cross", "union", "join", "group", "join_on", "group_by", "outer_join"]:
-        with pytest.raises(ValidationError) as info:
-            Input.model_validate({key: []})
-        assert error_types(info.value) == ["not_yet_supported"]
-        assert f"({key})" in info.value.errors()[0]["msg"]
 
 
 def test_pipeline_urls_are_not_supported_yet():
