@@ -49,7 +49,7 @@ def run_shard_attempt(request: ShardRequest, executor: Executor, store: ContentS
             with OutputWatch(outputs, limit - staged, executor.kill) as watch:
                 outcome = executor.run(execution)
         except BflowError as e:
-            _note(stderr, str(e))
+            _note(stderr, str(e) + (f"\nbflow: hint: {e.hint}" if e.hint else ""))
             return result("failed", error=str(e), retryable=e.retryable)
         if watch.exceeded:
             error = outputs_error(request.shard_index, watch.written, limit - staged, limit)

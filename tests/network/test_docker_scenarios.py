@@ -65,3 +65,4 @@ def test_a_job_whose_image_does_not_exist_fails_and_says_why(image, devstack, tm
     bflow("get", job["id"], "-o", got)
     shard_stderr = (got / "shards" / "0" / "stderr").read_text()
     assert missing in shard_stderr and "cannot be pulled" in shard_stderr
+    assert "hint: " in shard_stderr and "docker load" in shard_stderr
