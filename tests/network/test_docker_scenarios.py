@@ -1,26 +1,13 @@
-"""The end-to-end scenarios of test_scenarios.py, each in a container of the busybox test image,
+"""The end-to-end scenarios (scenarios.py), each in a container of the busybox test image,
 on a 3-node devstack over every transport; and a job whose image does not exist."""
 
-import importlib.util
 import uuid
-from pathlib import Path
 
 import pytest
 from cli_helpers import bflow, write_spec
+from scenarios import LINES, SCENARIOS
 
 from bacalhau_flow.testing.docker_image import ensure_test_image
-
-
-def _scenarios() -> dict:
-    """SCENARIOS of test_scenarios.py (tests are not a package: load the module by its path)."""
-    path = Path(__file__).with_name("test_scenarios.py")
-    spec = importlib.util.spec_from_file_location("_bflow_test_scenarios", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.LINES, module.SCENARIOS
-
-
-LINES, SCENARIOS = _scenarios()
 
 
 @pytest.fixture(scope="module")

@@ -2,20 +2,7 @@
 
 import pytest
 from cli_helpers import bflow, write_spec
-
-LINES = "apple 3\nbanana 12\ncherry 7\napple 9\n"
-
-SCENARIOS = {
-    "cat to stdout": ("cmd: [sh, -c, 'cat $BFLOW_INPUTS/in/*']", 0, LINES, None),
-    "write to outputs": ("cmd: [sh, -c, 'wc -l < $BFLOW_INPUTS/in/fruit.txt > $BFLOW_OUTPUTS/lines']", 0, "",
-                         ("lines", "4\n")),
-    "grep": ("cmd: [grep, apple, /dev/stdin]\n  stdin: \"" + LINES.replace("\n", "\\n") + "\"", 0,
-             "apple 3\napple 9\n", None),
-    "sed": ("cmd: [sh, -c, 'sed -e s/apple/pear/ $BFLOW_INPUTS/in/fruit.txt']", 0, LINES.replace("apple", "pear"),
-            None),
-    "awk": ("cmd: [sh, -c, 'awk \"{s += \\$2} END {print s}\" $BFLOW_INPUTS/in/fruit.txt']", 0, "31\n", None),
-    "failing command": ("cmd: [sh, -c, 'echo partial; echo broken >&2; exit 4']", 4, "partial\n", None),
-}
+from scenarios import LINES, SCENARIOS  # the table, shared with the other executors and sources
 
 
 @pytest.mark.parametrize("name", SCENARIOS)
