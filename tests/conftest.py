@@ -10,3 +10,6 @@ os.environ.pop("PREFECT_API_URL", None)
 from bacalhau_flow.home import configure_prefect  # noqa: E402
 
 configure_prefect()
+
+# Fixtures of real parts that several test folders use: `s3_server` (a moto S3 server).
+pytest_plugins = ["bacalhau_flow.testing.s3"]

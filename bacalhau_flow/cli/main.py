@@ -69,9 +69,11 @@ def _print_json(data) -> None:
 @command()
 def validate(spec: Path = typer.Argument(..., help="pipeline spec (YAML)")):
     """Check a spec; exit 0, or 2 with the located error."""
+    from ..flow.dag import build_dag
     from ..spec import load_spec
 
     pipelines = load_spec(spec)
+    build_dag(pipelines)  # pipeline:// inputs name a pipeline of the file or one that completed here
     render.err.print(f"{spec}: {len(pipelines)} pipeline(s) valid: {', '.join(p.name for p in pipelines)}")
 
 
@@ -85,11 +87,11 @@ def schema():
 
 @command()
 def plan(spec: Path, as_json: bool = typer.Option(False, "--json", help="machine-readable output")):
-    """Dry run: the shards each pipeline would get."""
-    from ..plan.pipeline import plan_pipeline
+    """Dry run: the shards each pipeline would get (in the order they would run)."""
+    from ..flow.dag import build_dag, plan_dag
     from ..spec import load_spec
 
-    plans = [plan_pipeline(p) for p in load_spec(spec)]
+    plans = plan_dag(build_dag(load_spec(spec)))
     for p in plans:
         for w in p.warnings:
             render.warn(w)
@@ -109,31 +111,34 @@ def run(
     detach: bool = typer.Option(False, help="start the job and return its id at once"),
     as_json: bool = typer.Option(False, "--json", help="print the job as JSON when it ends"),
     job_ids: Optional[str] = typer.Option(None, hidden=True, help="ids for the jobs (used by --detach)"),
+    reprocess: bool = typer.Option(False, "--reprocess", help="run every shard, reusing no earlier result"),
 ):
     """Run every pipeline in SPEC; wait, show progress, print the merged stdout."""
     from ..spec import load_spec
 
     pipelines = load_spec(spec)
     if detach:
-        return _detach(spec, pipelines, network, output)
-    from ..plan.pipeline import plan_pipeline
+        return _detach(spec, pipelines, network, output, reprocess)
+    from ..flow.dag import build_dag, not_run_reason, plan_dag
 
-    plans = [plan_pipeline(p) for p in pipelines]  # every input is listed before anything runs
+    dag = build_dag(pipelines)
+    plans = plan_dag(dag)  # every input not read from a pipeline of this file is listed before anything runs
     for p in plans:
         for w in p.warnings:
             render.warn(w)
-    ids = job_ids.split(",") if job_ids else [None] * len(pipelines)
-    from ..flow.runner import run_pipeline
+    ids = dict(zip((p.name for p in pipelines), job_ids.split(","))) if job_ids else {}
+    from ..flow.runner import run_dag
     from ..jobs.results import stream, write_results
 
-    records = []
     with render.ShardProgress(enabled=True) as progress:
-        for pipeline, plan_, job_id in zip(pipelines, plans, ids):
-            with progress.job(pipeline.name, len(plan_.shards)) as on_progress:
-                records.append(run_pipeline(pipeline, plan=plan_, network=network, job_id=job_id,
-                                            on_progress=on_progress))
+        records = run_dag(dag, plans={p.pipeline: p for p in plans if not p.after}, job_ids=ids,
+                          progress_for=progress.job, warn=render.warn, network=network, reprocess=reprocess)
     content = _content()
     for record in records:
+        if (reason := not_run_reason(record)) is not None:
+            render.err.print(f"job {record.id} ({record.pipeline}): not run ({reason})", highlight=False,
+                             markup=False, soft_wrap=True)
+            continue
         if output is not None:
             write_results(content, record, output if len(records) == 1 else output / record.pipeline)
         if not as_json:
@@ -149,8 +154,15 @@ def run(
 
 def _summarise(record) -> None:
     done = sum(s.state == "completed" for s in record.shards)
-    line = f"job {record.id} ({record.pipeline}): {render.styled(record.state)}, {done}/{len(record.shards)} shards completed"
+    reused = sum(s.state == "skipped" for s in record.shards)
+    line = (f"job {record.id} ({record.pipeline}): {render.styled(record.state)}, "
+            f"{done + reused}/{len(record.shards)} shards completed")
+    if reused:
+        line += f" ({reused} reused from earlier jobs)"
     render.err.print(line, highlight=False, soft_wrap=True)
+    if reused and reused == len(record.shards):
+        render.err.print(f"  nothing changed: {reused} of {reused} shards reused (`--reprocess` runs them again)",
+                         highlight=False, markup=False, soft_wrap=True)
     if record.published:
         render.err.print(f"  published to {record.published}", highlight=False, markup=False, soft_wrap=True)
     if record.error:
@@ -159,7 +171,7 @@ def _summarise(record) -> None:
                          highlight=False, markup=False)
 
 
-def _detach(spec: Path, pipelines, network, output) -> None:
+def _detach(spec: Path, pipelines, network, output, reprocess: bool = False) -> None:
     from ..jobs.store import new_job_id
 
     ids = [new_job_id() for _ in pipelines]
@@ -168,6 +180,8 @@ def _detach(spec: Path, pipelines, network, output) -> None:
         cmd += ["--network", network]
     if output:
         cmd += ["--output", str(output)]
+    if reprocess:
+        cmd += ["--reprocess"]
     from ..home import bflow_home
 
     log = bflow_home() / "detached.log"
@@ -233,6 +247,29 @@ def logs(job: str, shard: Optional[int] = typer.Option(None, help="one shard's l
 
 
 @command()
+def rerun(
+    job: str,
+    shard: Optional[list[int]] = typer.Option(None, "--shard", help="rerun this shard (repeatable); default: the failed ones"),
+    network: Optional[str] = typer.Option(None, help="network URL; default: an embedded network of 3 nodes"),
+    as_json: bool = typer.Option(False, "--json", help="print the job as JSON when it ends"),
+):
+    """Run the failed shards of a job (or the chosen ones) again, as new attempts of that job."""
+    from ..flow.rerun import rerun_job
+
+    with render.ShardProgress(enabled=True) as progress:
+        with progress.job("rerun", len(shard) if shard else None) as on_progress:
+            record, ran = rerun_job(job, shard, network=network, on_progress=on_progress)
+    if not ran:
+        render.err.print(f"nothing to rerun: no shard of job {record.id} failed (`--shard N` picks shards)",
+                         highlight=False, markup=False, soft_wrap=True)
+    if as_json:
+        _print_json(record.to_json())
+    _summarise(record)
+    if record.state != "completed":
+        raise typer.Exit(1)
+
+
+@command()
 def get(job: str, output: Path = typer.Option(..., "--output", "-o", help="folder to write the results into")):
     """Fetch a job's results: stdout, stderr, outputs/, shards/<index>/, manifest.json."""
     from ..jobs.results import write_results
@@ -275,7 +312,9 @@ def cancel(job: str, wait: float = typer.Option(30.0, help="seconds to wait for 
     if record.state not in ("queued", "running"):
         render.err.print(f"job {record.id} already ended: {record.state}", highlight=False)
         return
-    if record.pid and _alive(record.pid):
+    from ..jobs.store import process_alive
+
+    if record.pid and process_alive(record.pid):
         os.kill(record.pid, signal.SIGINT)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
@@ -287,13 +326,6 @@ def cancel(job: str, wait: float = typer.Option(30.0, help="seconds to wait for 
         store.set_job(record.id, state="cancelled", error="cancelled by the user")
     render.err.print(f"job {record.id} cancelled", highlight=False)
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except (ProcessLookupError, PermissionError):
-        return False
 
 
 @command()
@@ -318,8 +350,33 @@ def _later(name: str, what: str, doc: str):
     command(name)(stub)
 
 
-_later("deploy", "deploying pipelines with schedules", "Register Prefect deployments with their schedules.")
-_later("serve", "serving deployments", "Run the deployments' schedules.")
+# -- schedules -------------------------------------------------------------------
+@command()
+def deploy(
+    spec: Path,
+    network: Optional[str] = typer.Option(None, help="network URL the runs use; default: an embedded network"),
+    delete: bool = typer.Option(False, "--delete", help="remove the deployments of SPEC's pipelines"),
+):
+    """Register a Prefect deployment (with its schedule) per pipeline in SPEC; `bflow serve` runs them."""
+    from ..flow.deploy import deploy as deploy_spec
+
+    for line in deploy_spec(spec, network=network, delete=delete, echo=_say):
+        print(line, flush=True)
+
+
+@command()
+def serve(poll: float = typer.Option(1.0, help="seconds between looks for due runs")):
+    """Run the schedules of the deployed pipelines until Ctrl-C; starts (and stops) a Prefect
+    server under $BFLOW_HOME unless PREFECT_API_URL names one."""
+    from ..flow.deploy import serve as serve_deployments
+
+    serve_deployments(poll=poll, echo=lambda line: print(line, flush=True))
+
+
+def _say(line: str) -> None:
+    render.err.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
 network_cli.register(app, command)
 _later("network", "the network picture", "A picture of the network and of where shards ran.")
 

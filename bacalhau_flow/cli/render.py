@@ -45,24 +45,23 @@ class ShardProgress:
             TextColumn("[red]{task.fields[failed]} failed"), TimeElapsedColumn(),
             console=err, transient=False, disable=not self.enabled,
         )
-        self._task = None
 
     @contextmanager
     def job(self, name: str, total: int):
-        self._task = self.progress.add_task(name, total=total, failed=0)
+        """A bar for one job; yields its progress hook. Several jobs may run at once (a DAG)."""
+        task = self.progress.add_task(name, total=total, failed=0)
+        done = False
         try:
-            yield self.update
+            yield lambda index, state: None if done else self._update(task, state)
         finally:
-            self._task = None
+            done = True
 
-    def update(self, index: int, state: str) -> None:
-        if self._task is None:
-            return
+    def _update(self, task, state: str) -> None:
         if state in ("completed", "skipped"):
-            self.progress.advance(self._task)
+            self.progress.advance(task)
         elif state in ("failed", "cancelled"):
-            task = self.progress.tasks[self._task]
-            self.progress.update(self._task, advance=1, failed=task.fields["failed"] + 1)
+            failed = self.progress.tasks[task].fields["failed"]
+            self.progress.update(task, advance=1, failed=failed + 1)
 
     def __enter__(self):
         self.progress.__enter__()
@@ -75,7 +74,8 @@ class ShardProgress:
 def jobs_table(jobs) -> Table:
     table = Table("JOB", "PIPELINE", "STATE", "SHARDS", "CREATED", box=None)
     for j in jobs:
-        table.add_row(j.id[:14], j.pipeline, styled(j.state), str(j.shard_count), j.created_iso[:19])
+        shards = f"{j.shard_count} ({j.reused} reused)" if j.reused else str(j.shard_count)
+        table.add_row(j.id[:14], j.pipeline, styled(j.state), shards, j.created_iso[:19])
     return table
 
 
@@ -84,12 +84,15 @@ def shards_table(shards) -> Table:
     for s in shards:
         table.add_row(
             str(s.index), s.id, styled(s.state), s.node or "-", str(s.attempts),
-            "-" if s.exit_code is None else str(s.exit_code), s.cid or "-", (s.error or "")[:60],
+            "-" if s.exit_code is None else str(s.exit_code), s.cid or "-",
+            (s.error or (f"reused from {s.reused_from[:14]}" if s.reused_from else ""))[:60],
         )
     return table
 
 
 def plan_table(plan) -> Table:
+    if getattr(plan, "after", None):  # reads another pipeline of the file: planned once that ran
+        return f"{plan.pipeline}: planned after {' and '.join(plan.after)} {'runs' if len(plan.after) == 1 else 'run'}"
     table = Table("#", "SHARD", "DATUMS", box=None, title=f"{plan.pipeline}: {len(plan.shards)} shards")
     for s in plan.shards[:200]:
         datums = [_datum_text(d) for d in s.datums]

@@ -1,5 +1,6 @@
 """Compile a planned pipeline into a Prefect flow: one flow run per job, one task run
-per shard (named by its index), with the spec's retries."""
+per pending shard (named by its index), with the spec's retries. Shards reused from an
+earlier job (state skipped, flow/job_run.py) get no task run."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ async def run_shard(index: int) -> dict:
     return await CURRENT_JOB.get().dispatch(CURRENT_REQUESTER.get(), index)
 
 
-def compile_flow(run: JobRun, network: str | None = None, nodes: int = 3):
+def compile_flow(run: JobRun, network: str | None = None, nodes: int = 3, run_name: str | None = None):
     """A Prefect flow that runs every shard of `run` and finishes the job."""
     pipeline = run.pipeline
     # The per-attempt `timeout` is enforced by the node on the command itself: a Prefect
@@ -31,18 +32,19 @@ def compile_flow(run: JobRun, network: str | None = None, nodes: int = 3):
     def pipeline_flow():
         CURRENT_JOB.set(run)
         run.jobs.set_job(run.job.id, state="running")
-        futures = shard_task.map(index=list(range(len(run.shards))))
+        futures = shard_task.map(index=run.pending) if run.pending else []
         for future in futures:
             future.wait()
         job = run.finish()
         if job.state == "completed":
-            return Completed(message=f"{len(run.shards)} shards completed", data=job.cid)
+            reused = len(run.shards) - len(run.pending)
+            return Completed(message=f"{len(run.pending)} shards completed, {reused} reused", data=job.cid)
         return Failed(message=job.error or "job failed")
 
     return flow(
         pipeline_flow,
         name=f"bflow-{pipeline.name}",
-        flow_run_name=run.job.id,
+        flow_run_name=run_name or run.job.id,
         task_runner=NetworkTaskRunner(network, nodes),
         validate_parameters=False,
         persist_result=False,

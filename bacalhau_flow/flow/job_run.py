@@ -4,6 +4,13 @@ store, and finishes the job (merged outputs, final state).
 The shard task's body is `JobRun.dispatch(requester, index)`; a failed attempt raises
 `ShardFailed`, so Prefect's retries send the shard again, to another node where one
 exists (the requester avoids the nodes this shard failed on).
+
+Reuse (`reprocess: changed`) is decided here, on the requester, before anything is
+dispatched: `reuse_results` marks the shards whose content key (jobs/content_key.py) already
+succeeded as `skipped`, with the earlier result, and `JobRun.pending` holds the others. Only
+pending shards become Prefect task runs: a skipped shard costs one SQL row, not a task run
+(Prefect records about 35 task runs/s), and a job with nothing pending runs no flow at all
+(flow/runner.py).
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from typing import Callable
 from ..errors import NoNodeCanRun, OutputConflict, PublishError
 from ..jobs.publish import publish_outputs, publish_url
 from ..jobs.results import merge_outputs
-from ..jobs.store import JobRecord, JobStore
+from ..jobs.store import JobRecord, JobStore, ShardRecord
 from ..network.messages import InputRef, ResourceAsk, ShardRequest, ShardResult, TransformRef
 from ..network.requester import Requester
 from ..plan import Shard
@@ -36,9 +43,12 @@ ProgressHook = Callable[[int, str], None]  # (shard index, new state)
 
 class JobRun:
     def __init__(self, pipeline: Pipeline, shards: list[Shard], job: JobRecord, jobs: JobStore,
-                 content: ContentStore, scratch, on_progress: ProgressHook | None = None):
+                 content: ContentStore, scratch, on_progress: ProgressHook | None = None,
+                 pending: list[int] | None = None):
         self.pipeline = pipeline
         self.shards = shards
+        # The shard indices this run dispatches (default: all); the others are skipped or done.
+        self.pending = list(range(len(shards))) if pending is None else list(pending)
         self.job = job
         self.jobs = jobs
         self.content = content
@@ -46,6 +56,8 @@ class JobRun:
         self.on_progress = on_progress or (lambda index, state: None)
         self._tried: dict[int, set[str]] = {}
         self._hopeless: dict[int, str] = {}  # shards no node can ever run -> why
+        # Attempts a shard already had before this run (`bflow rerun`): retries count from there.
+        self._earlier = {s.index: s.attempts for s in job.shards}
         base_dir = pipeline.base_dir
         self._inputs = [InputRef(name=leaf.name, url=leaf.url) for leaf in leaves(pipeline.input_tree())]
         t = pipeline.transform
@@ -70,7 +82,7 @@ class JobRun:
         attempt = self.jobs.start_attempt(self.job.id, index)
         self.on_progress(index, "running")
         request = self.request(shard, attempt)
-        last_attempt = attempt > self.pipeline.retries
+        last_attempt = attempt - self._earlier.get(index, 0) > self.pipeline.retries
         tried = self._tried.setdefault(index, set())
 
         def accepted_by(node: str) -> None:
@@ -104,7 +116,7 @@ class JobRun:
     def finish(self) -> JobRecord:
         """Merge what completed and set the job's final state. Returns the updated record."""
         job = self.jobs.get(self.job.id)
-        failed = [s for s in job.shards if s.state != "completed"]
+        failed = [s for s in job.shards if s.state not in ("completed", "skipped")]  # skipped: reused success
         error = None
         try:
             cid = merge_outputs(self.content, job.shards, self.pipeline.output.conflict, self.scratch)
@@ -123,3 +135,32 @@ class JobRun:
         self.jobs.set_job(job.id, state="failed" if error else "completed", cid=cid, error=error,
                           published=published)
         return self.jobs.get(job.id)
+
+
+def content_keys(pipeline: Pipeline, shards: list[Shard], jobs: JobStore) -> tuple[str | None, list[str | None]]:
+    """(transform key, each shard's content key), computed on the requester before the job is
+    recorded; see jobs/content_key.py for what they cover."""
+    from ..jobs.content_key import ContentKeys
+
+    keys = ContentKeys(pipeline, jobs)
+    return keys.transform, keys.keys(shards)
+
+
+def reuse_results(pipeline: Pipeline, job: JobRecord, jobs: JobStore, content: ContentStore, *,
+                  reprocess: bool = False) -> dict[int, ShardRecord]:
+    """Mark the shards of `job` whose content key already succeeded in an earlier job of the
+    same pipeline as skipped, with that result; return them by index. Nothing is reused under
+    `reprocess: always` or with `reprocess=True` (`bflow run --reprocess`), nor a result whose
+    blocks this machine's content store no longer holds."""
+    if reprocess or pipeline.reprocess == "always":
+        return {}
+    keys = [s.content_key for s in job.shards]
+    earlier = jobs.reusable(pipeline.name, [k for k in keys if k], exclude_job=job.id)
+    reused: dict[int, ShardRecord] = {}
+    for shard in job.shards:
+        found = earlier.get(shard.content_key) if shard.content_key else None
+        if found and all(cid is None or content.has(cid) for cid in (found.cid, found.stdout_cid, found.stderr_cid)):
+            reused[shard.index] = found
+    if reused:
+        jobs.mark_skipped(job.id, reused)
+    return reused

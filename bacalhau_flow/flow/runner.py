@@ -2,20 +2,31 @@
 
 The job store is the record of truth; a Ctrl-C (KeyboardInterrupt) marks the job
 cancelled and every unfinished shard cancelled, so nothing half-done reads as done.
+
+`run_dag` runs the pipelines of one file (flow/dag.py): a pipeline once those it reads
+completed, independent ones at the same time. Each runs in a thread of its own when several
+are ready (one Prefect flow run each: Prefect's engine, the job store and the content store
+are safe to share between threads); a pipeline that is ready alone runs in the calling
+thread, so Ctrl-C reaches it as it reaches a single pipeline.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Callable
+import queue
+import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager, contextmanager
 
-from ..errors import JobCancelled
+from ..errors import BflowError, JobCancelled, JobNotFound
 from ..home import bflow_home, configure_prefect, jobs_db, store_root
 from ..jobs.publish import check_publish_url
 from ..jobs.store import JobRecord, JobStore
 from ..plan.pipeline import PipelinePlan, plan_pipeline
 from ..spec import Pipeline
 from ..storage import ContentStore
+from .dag import NOT_RUN, PipelineDag, UpstreamOutput
 
 
 def run_pipeline(
@@ -26,31 +37,54 @@ def run_pipeline(
     nodes: int = 3,
     job_id: str | None = None,
     on_progress: Callable[[int, str], None] | None = None,
+    reprocess: bool = False,
+    upstreams: list | None = None,
 ) -> JobRecord:
     """Run one pipeline to its end and return its job record (completed or failed); a job
     that completed is published to `output.publish` (jobs/publish.py) before it reads so.
     Raises JobCancelled on Ctrl-C, PlanError for inputs that cannot be listed, PublishError
-    (before anything runs) for a publish url whose protocol is not installed here."""
+    (before anything runs) for a publish url whose protocol is not installed here.
+
+    Shards whose content key already succeeded are reused (skipped) unless `reprocess` or the
+    spec's `reprocess: always`; a job with nothing left to run finishes without a flow run.
+    `upstreams` (flow/dag.py `UpstreamOutput`s, the pipeline already resolved to them) are
+    recorded on the job: which jobs and CIDs its pipeline:// inputs read."""
     configure_prefect()
     check_publish_url(pipeline)
     plan = plan or plan_pipeline(pipeline)
     jobs = JobStore(jobs_db())
     content = ContentStore(store_root())
+    from .job_run import content_keys, reuse_results
+
+    transform_key, keys = content_keys(pipeline, plan.shards, jobs)
     job = jobs.create_job(
         pipeline.name,
         [(s.index, s.id, [d.to_json() for d in s.datums]) for s in plan.shards],
         spec_file=pipeline.source_file,
         conflict=pipeline.output.conflict,
         job_id=job_id,
+        transform_key=transform_key,
+        content_keys=keys,
     )
     jobs.set_job(job.id, pid=os.getpid())
+    if upstreams:
+        jobs.set_job(job.id, upstreams=json.dumps([u.to_json() for u in upstreams]))
+    reused = reuse_results(pipeline, job, jobs, content, reprocess=reprocess)
+    job = jobs.get(job.id) if reused else job
 
     from .compile import compile_flow
     from .job_run import JobRun
 
-    run = JobRun(pipeline, plan.shards, job, jobs, content, bflow_home() / "scratch", on_progress)
+    run = JobRun(pipeline, plan.shards, job, jobs, content, bflow_home() / "scratch", on_progress,
+                 pending=[i for i in range(len(plan.shards)) if i not in reused])
+    for index in reused:
+        run.on_progress(index, "skipped")
     try:
-        state = compile_flow(run, network, nodes)(return_state=True)
+        if reused and not run.pending:  # nothing changed: no flow run, no network
+            jobs.set_job(job.id, state="running")
+            state = run.finish()
+        else:
+            state = compile_flow(run, network, nodes)(return_state=True)
     except KeyboardInterrupt:
         jobs.cancel_unfinished_shards(job.id)
         jobs.set_job(job.id, state="cancelled", error="cancelled by the user")
@@ -67,3 +101,176 @@ def run_pipeline(
         record = jobs.get(job.id)
     jobs.close()
     return record
+
+
+# --- the pipelines of one file: a DAG (flow/dag.py) ----------------------------------------
+
+ProgressFor = Callable[[str, int], AbstractContextManager[Callable[[int, str], None]]]
+
+
+def run_dag(
+    dag: PipelineDag,
+    *,
+    plans: dict[str, PipelinePlan] | None = None,
+    job_ids: dict[str, str] | None = None,
+    progress_for: ProgressFor | None = None,
+    warn: Callable[[str], None] | None = None,
+    **options,
+) -> list[JobRecord]:
+    """Run every pipeline of `dag`: each once the pipelines it reads completed, those that are
+    ready together in threads of their own. Returns the job records in `dag` order.
+
+    A pipeline whose upstream did not complete does not run: it gets a cancelled job of no
+    shards whose error says why (`not run: upstream split failed`). `plans` are plans made
+    already (the pipelines that read no other pipeline of the file); `progress_for(name,
+    shards)` gives a context for one job's progress hook; `warn` gets the warnings of the
+    plans made here; `options` go to `run_pipeline`.
+    Raises JobCancelled on Ctrl-C (the jobs still running are marked cancelled)."""
+    from ..jobs.store import new_job_id
+
+    plans, ids = dict(plans or {}), dict(job_ids or {})
+    for pipeline in dag.pipelines:
+        ids.setdefault(pipeline.name, new_job_id())
+    results: dict[str, JobRecord] = {}
+    why_not: dict[str, str] = {}  # pipelines that did not run -> the reason
+    outputs: dict[str, UpstreamOutput] = {}
+    finished: queue.Queue = queue.Queue()
+    waiting, running = list(dag.pipelines), set()
+
+    def stage(pipeline: Pipeline) -> JobRecord:
+        upstreams = dag.resolve(pipeline, outputs)
+        plan = plans.get(pipeline.name)
+        if plan is None:
+            plan = plan_pipeline(pipeline)
+            for warning in plan.warnings:
+                (warn or (lambda w: None))(warning)
+        with (progress_for or _no_progress)(pipeline.name, len(plan.shards)) as hook:
+            return run_pipeline(pipeline, plan=plan, job_id=ids[pipeline.name], on_progress=hook,
+                                upstreams=upstreams, **options)
+
+    def settle(pipeline: Pipeline, record: JobRecord) -> None:
+        results[pipeline.name] = record
+        if record.state == "completed" and record.cid:
+            outputs[pipeline.name] = UpstreamOutput(pipeline.name, record.id, record.cid)
+
+    def in_thread(pipeline: Pipeline) -> None:
+        try:
+            finished.put((pipeline, stage(pipeline), None))
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread, which re-raises it
+            finished.put((pipeline, None, e))
+
+    try:
+        while waiting or running:
+            for pipeline in list(waiting):  # in dependency order: upstreams are decided first
+                reason = _not_run_reason(dag.after(pipeline), results, why_not)
+                if reason is not None:
+                    waiting.remove(pipeline)
+                    why_not[pipeline.name] = reason
+                    results[pipeline.name] = _record_not_run(pipeline, ids[pipeline.name], reason)
+            ready = [p for p in waiting if all(u in results for u in dag.after(p))]
+            for pipeline in ready:
+                waiting.remove(pipeline)
+            if len(ready) == 1 and not running:  # alone: in this thread, as a single pipeline runs
+                settle(ready[0], _stage_or_failed(stage, ready[0], ids, several=len(dag.pipelines) > 1))
+                continue
+            if ready:
+                _start_prefect_api()
+            for pipeline in ready:
+                running.add(pipeline.name)
+                threading.Thread(target=in_thread, args=(pipeline,), daemon=True,
+                                 name=f"bflow-{pipeline.name}").start()
+            if running:
+                pipeline, record, error = finished.get()
+                running.discard(pipeline.name)
+                if isinstance(error, BflowError) and not isinstance(error, JobCancelled):
+                    record = _record_failed(pipeline, ids[pipeline.name], error)
+                elif error is not None:
+                    raise error
+                settle(pipeline, record)
+    except (KeyboardInterrupt, JobCancelled) as e:
+        _cancel_running(ids[name] for name in running)
+        if isinstance(e, JobCancelled) and not running:
+            raise
+        raise JobCancelled("cancelled: " + ", ".join(sorted(running)) if running else "cancelled",
+                           hint="`bflow list` shows the jobs") from None
+    return [results[p.name] for p in dag.pipelines]
+
+
+def _start_prefect_api() -> None:
+    """Start Prefect's ephemeral API server in this thread, if it is the one in use: flows
+    started in several threads at once race to start it ("Server process did not start",
+    measured with Prefect 3.x). Once it runs, this does nothing."""
+    configure_prefect()
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+    if not PREFECT_API_URL.value() and PREFECT_SERVER_EPHEMERAL_ENABLED:  # as prefect.get_client decides
+        from prefect.server.api.server import SubprocessASGIServer
+
+        SubprocessASGIServer().start()
+
+
+@contextmanager
+def _no_progress(name: str, shards: int):
+    yield None
+
+
+def _not_run_reason(upstreams: list[str], results: dict[str, JobRecord], why_not: dict[str, str]) -> str | None:
+    """Why a pipeline must not run: an upstream that ended without completing (or did not run)."""
+    for name in upstreams:
+        if name in why_not:
+            return why_not[name]
+        record = results.get(name)
+        if record is not None and record.state != "completed":
+            return f"upstream {name} {'was cancelled' if record.state == 'cancelled' else record.state}"
+    return None
+
+
+def _stage_or_failed(stage, pipeline: Pipeline, ids: dict[str, str], several: bool) -> JobRecord:
+    """`stage(pipeline)`; in a file of several pipelines, an error before its job ran (a
+    downstream's input that cannot be listed) becomes a failed job, so the rest still runs."""
+    try:
+        return stage(pipeline)
+    except JobCancelled:
+        raise
+    except BflowError as e:
+        if not several:
+            raise
+        return _record_failed(pipeline, ids[pipeline.name], e)
+
+
+def _record_not_run(pipeline: Pipeline, job_id: str, reason: str) -> JobRecord:
+    return _record_ended(pipeline, job_id, "cancelled", NOT_RUN + reason)
+
+
+def _record_failed(pipeline: Pipeline, job_id: str, error: BflowError) -> JobRecord:
+    return _record_ended(pipeline, job_id, "failed", str(error))
+
+
+def _record_ended(pipeline: Pipeline, job_id: str, state: str, error: str) -> JobRecord:
+    """A job of no shards that ended in `state` before anything ran (or the job as it is, if
+    `run_pipeline` had created it already)."""
+    jobs = JobStore(jobs_db())
+    try:
+        try:
+            jobs.resolve(job_id)
+        except JobNotFound:
+            jobs.create_job(pipeline.name, [], spec_file=pipeline.source_file, conflict=pipeline.output.conflict,
+                            job_id=job_id)
+            jobs.set_job(job_id, state=state, error=error)
+        return jobs.get(job_id)
+    finally:
+        jobs.close()
+
+
+def _cancel_running(job_ids) -> None:
+    jobs = JobStore(jobs_db())
+    try:
+        for job_id in job_ids:
+            try:
+                jobs.resolve(job_id)
+            except JobNotFound:
+                continue
+            jobs.cancel_unfinished_shards(job_id)
+            jobs.set_job(job_id, state="cancelled", error="cancelled by the user")
+    finally:
+        jobs.close()

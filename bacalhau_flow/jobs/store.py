@@ -7,6 +7,7 @@ survives a crash. One row per job, per shard, and per shard attempt.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -37,6 +38,10 @@ CREATE TABLE IF NOT EXISTS attempts (
     PRIMARY KEY (job_id, idx, attempt)
 );
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created);
+CREATE TABLE IF NOT EXISTS file_cids (
+    path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,
+    ino INTEGER NOT NULL, cid TEXT NOT NULL, checked_ns INTEGER NOT NULL
+);
 """
 
 JOB_STATES = ("queued", "running", "completed", "failed", "cancelled")
@@ -57,6 +62,8 @@ class ShardRecord:
     stdout_cid: str | None = None
     stderr_cid: str | None = None
     error: str | None = None
+    content_key: str | None = None
+    reused_from: str | None = None  # a skipped shard: the job that ran it
 
     def to_json(self) -> dict:
         return {
@@ -68,6 +75,7 @@ class ShardRecord:
             "exit_code": self.exit_code,
             "cid": self.cid,
             "error": self.error,
+            "reused_from": self.reused_from,
         }
 
 
@@ -86,6 +94,10 @@ class JobRecord:
     flow_run_id: str | None = None
     conflict: str = "error"
     published: str | None = None  # the url the merged outputs were published to (output.publish)
+    transform_key: str | None = None  # jobs/content_key.py: what `bflow rerun` checks the spec against
+    reused: int = 0  # shards skipped because an earlier job's result was reused (filled by list_jobs)
+    # what its pipeline:// inputs read: [{"pipeline": NAME, "job": JOB ID, "cid": CID}]
+    upstreams: list[dict] = field(default_factory=list)
     shards: list[ShardRecord] = field(default_factory=list)
 
     @property
@@ -93,7 +105,8 @@ class JobRecord:
         return datetime.fromtimestamp(self.created, timezone.utc).isoformat()
 
     def summary_json(self) -> dict:
-        return {"id": self.id, "pipeline": self.pipeline, "state": self.state, "created": self.created_iso}
+        return {"id": self.id, "pipeline": self.pipeline, "state": self.state, "created": self.created_iso,
+                "shards": self.shard_count, "reused": self.reused}
 
     def to_json(self) -> dict:
         return {
@@ -104,6 +117,7 @@ class JobRecord:
             "created": self.created_iso,
             "error": self.error,
             "published": self.published,
+            "upstreams": self.upstreams,
             "shards": [s.to_json() for s in self.shards],
         }
 
@@ -125,13 +139,22 @@ class JobStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
-            columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
-            if "published" not in columns:  # a store made before output.publish existed
-                try:
-                    self._db.execute("ALTER TABLE jobs ADD COLUMN published TEXT")
-                except sqlite3.OperationalError as e:  # another process added it just now
-                    if "duplicate column" not in str(e):
-                        raise
+            # Columns added after the first release: a store made before them gets them here.
+            self._add_column("jobs", "published", "TEXT")  # output.publish
+            self._add_column("jobs", "upstreams", "TEXT")  # pipeline:// inputs, JSON (flow/dag.py)
+            self._add_column("jobs", "transform_key", "TEXT")  # reprocess / rerun (jobs/content_key.py)
+            self._add_column("shards", "content_key", "TEXT")
+            self._add_column("shards", "reused_from", "TEXT")  # the job whose result a skipped shard reuses
+            self._db.execute("CREATE INDEX IF NOT EXISTS shards_content_key ON shards (content_key)")
+
+    def _add_column(self, table: str, column: str, kind: str) -> None:
+        columns = {row["name"] for row in self._db.execute(f"PRAGMA table_info({table})")}
+        if column not in columns:
+            try:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            except sqlite3.OperationalError as e:  # another process added it just now
+                if "duplicate column" not in str(e):
+                    raise
 
     def close(self) -> None:
         with self._lock:
@@ -143,18 +166,24 @@ class JobStore:
 
     # -- writing ----------------------------------------------------------------
     def create_job(self, pipeline: str, shards: list[tuple[int, str, list]], *, spec_file: str | None = None,
-                   conflict: str = "error", job_id: str | None = None) -> JobRecord:
+                   conflict: str = "error", job_id: str | None = None, transform_key: str | None = None,
+                   content_keys: list[str | None] | None = None) -> JobRecord:
+        """Record a new queued job and its shards; `content_keys[i]` is shard i's content key
+        (jobs/content_key.py), None where it could not be computed (such a shard is never reused)."""
         job_id = job_id or new_job_id()
+        keys = content_keys if content_keys is not None else [None] * len(shards)
         now = time.time()
         with self._lock:
             self._db.execute("BEGIN")
             self._db.execute(
-                "INSERT INTO jobs (id, pipeline, spec_file, state, created, shard_count, conflict) VALUES (?,?,?,?,?,?,?)",
-                (job_id, pipeline, spec_file, "queued", now, len(shards), conflict),
+                "INSERT INTO jobs (id, pipeline, spec_file, state, created, shard_count, conflict, transform_key)"
+                " VALUES (?,?,?,?,?,?,?,?)",
+                (job_id, pipeline, spec_file, "queued", now, len(shards), conflict, transform_key),
             )
             self._db.executemany(
-                "INSERT INTO shards (job_id, idx, id, state, datums) VALUES (?,?,?,?,?)",
-                [(job_id, idx, sid, "queued", json.dumps(datums)) for idx, sid, datums in shards],
+                "INSERT INTO shards (job_id, idx, id, state, datums, content_key) VALUES (?,?,?,?,?,?)",
+                [(job_id, idx, sid, "queued", json.dumps(datums), key)
+                 for (idx, sid, datums), key in zip(shards, keys)],
             )
             self._db.execute("COMMIT")
         return self.get(job_id)
@@ -217,6 +246,70 @@ class JobStore:
                 "UPDATE shards SET state='cancelled' WHERE job_id=? AND state IN ('queued','running')", (job_id,)
             )
 
+    # -- reuse and rerun (jobs/content_key.py, flow/rerun.py) ----------------------
+    def reusable(self, pipeline: str, keys: list[str], exclude_job: str | None = None) -> dict[str, ShardRecord]:
+        """For each content key, the newest shard of a job of `pipeline` that succeeded with it
+        (completed, or itself skipped with a reused result), whatever state its job ended in.
+        `reused_from` of each answer names the job that actually ran it."""
+        found: dict[str, ShardRecord] = {}
+        wanted = sorted({k for k in keys if k})
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            rows = self._exec(
+                "SELECT s.*, j.created AS job_created FROM shards s JOIN jobs j ON j.id = s.job_id"
+                f" WHERE s.content_key IN ({','.join('?' * len(chunk))}) AND j.pipeline = ? AND j.id != ?"
+                " AND s.state IN ('completed', 'skipped') AND s.cid IS NOT NULL ORDER BY j.created DESC",
+                (*chunk, pipeline, exclude_job or ""),
+            ).fetchall()
+            for r in rows:
+                if r["content_key"] not in found:
+                    found[r["content_key"]] = ShardRecord(
+                        index=r["idx"], id=r["id"], state=r["state"], datums=[], node=r["node"],
+                        attempts=r["attempts"], exit_code=r["exit_code"], cid=r["cid"],
+                        stdout_cid=r["stdout_cid"], stderr_cid=r["stderr_cid"], content_key=r["content_key"],
+                        reused_from=r["reused_from"] or r["job_id"])
+        return found
+
+    def mark_skipped(self, job_id: str, reused: dict[int, ShardRecord]) -> None:
+        """Shards of `job_id` (by index) take the result of an earlier run and the state skipped."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "UPDATE shards SET state='skipped', node=?, attempts=0, exit_code=?, cid=?, stdout_cid=?,"
+                " stderr_cid=?, error=NULL, reused_from=? WHERE job_id=? AND idx=?",
+                [(r.node, r.exit_code, r.cid, r.stdout_cid, r.stderr_cid, r.reused_from, job_id, index)
+                 for index, r in reused.items()],
+            )
+            self._db.execute("COMMIT")
+
+    def requeue_shards(self, job_id: str, keys: dict[int, str | None]) -> None:
+        """Shards about to run again (`bflow rerun`): queued, with the content key they run with
+        now; their earlier attempts stay recorded."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "UPDATE shards SET state='queued', error=NULL, reused_from=NULL, content_key=? WHERE job_id=? AND idx=?",
+                [(key, job_id, index) for index, key in keys.items()],
+            )
+            self._db.execute("UPDATE jobs SET state='queued', ended=NULL, error=NULL WHERE id=?", (job_id,))
+            self._db.execute("COMMIT")
+
+    def cached_file_cids(self, directory: str) -> dict[str, tuple]:
+        """The cached CIDs of local files under `directory`: path -> (size, mtime_ns, ctime_ns,
+        ino, cid, checked_ns)."""
+        low = directory.rstrip("/") + "/"
+        rows = self._exec("SELECT * FROM file_cids WHERE path >= ? AND path < ?", (low, low[:-1] + "0")).fetchall()
+        return {r["path"]: (r["size"], r["mtime_ns"], r["ctime_ns"], r["ino"], r["cid"], r["checked_ns"])
+                for r in rows}
+
+    def cache_file_cids(self, rows: list[tuple]) -> None:
+        """Remember (path, size, mtime_ns, ctime_ns, ino, cid, checked_ns) rows."""
+        if rows:
+            with self._lock:
+                self._db.execute("BEGIN")
+                self._db.executemany("INSERT OR REPLACE INTO file_cids VALUES (?,?,?,?,?,?,?)", rows)
+                self._db.execute("COMMIT")
+
     # -- reading ----------------------------------------------------------------
     def resolve(self, prefix: str) -> str:
         """The one job id starting with `prefix`. Raises JobNotFound for none or several."""
@@ -241,7 +334,8 @@ class JobStore:
         return [
             ShardRecord(index=r["idx"], id=r["id"], state=r["state"], datums=json.loads(r["datums"]),
                         node=r["node"], attempts=r["attempts"], exit_code=r["exit_code"], cid=r["cid"],
-                        stdout_cid=r["stdout_cid"], stderr_cid=r["stderr_cid"], error=r["error"])
+                        stdout_cid=r["stdout_cid"], stderr_cid=r["stderr_cid"], error=r["error"],
+                        content_key=r["content_key"], reused_from=r["reused_from"])
             for r in rows
         ]
 
@@ -249,9 +343,21 @@ class JobStore:
         rows = self._exec("SELECT * FROM attempts WHERE job_id=? AND idx=? ORDER BY attempt", (job_id, index))
         return [dict(r) for r in rows.fetchall()]
 
+    def latest_job(self, pipeline: str, state: str | None = None, before: float | None = None) -> JobRecord | None:
+        """The newest job of `pipeline` (in `state`, created before `before`, when given), without
+        its shards; or None."""
+        row = self._exec("SELECT * FROM jobs WHERE pipeline=? AND (? IS NULL OR state=?) AND (? IS NULL OR created<?)"
+                         " ORDER BY created DESC LIMIT 1", (pipeline, state, state, before, before)).fetchone()
+        return _job(row) if row is not None else None
+
     def list_jobs(self, limit: int = 100) -> list[JobRecord]:
-        rows = self._exec("SELECT * FROM jobs ORDER BY created DESC LIMIT ?", (limit,)).fetchall()
-        return [_job(r) for r in rows]
+        rows = self._exec(
+            "SELECT j.*, (SELECT COUNT(*) FROM shards s WHERE s.job_id = j.id AND s.state = 'skipped') AS reused"
+            " FROM jobs j ORDER BY created DESC LIMIT ?", (limit,)).fetchall()
+        jobs = [_job(r) for r in rows]
+        for job, row in zip(jobs, rows):
+            job.reused = row["reused"]
+        return jobs
 
 
 def _job(row: sqlite3.Row) -> JobRecord:
@@ -259,5 +365,15 @@ def _job(row: sqlite3.Row) -> JobRecord:
         id=row["id"], pipeline=row["pipeline"], state=row["state"], created=row["created"],
         shard_count=row["shard_count"], spec_file=row["spec_file"], ended=row["ended"], cid=row["cid"],
         error=row["error"], pid=row["pid"], flow_run_id=row["flow_run_id"], conflict=row["conflict"],
-        published=row["published"],
+        published=row["published"], upstreams=json.loads(row["upstreams"] or "[]"),
+        transform_key=row["transform_key"],
     )
+
+
+def process_alive(pid: int) -> bool:
+    """Whether the process `pid` (a job's `pid`: the `bflow run` driving it) still runs."""
+    try:
+        os.kill(pid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .combinators import Leaf, plan_input_tree
+from ..errors import PlanError
+from .combinators import Leaf, leaves, plan_input_tree
 from .datum import Shard, cut_into_shards
 
 
@@ -13,15 +14,22 @@ class PipelinePlan:
     pipeline: str
     shards: list[Shard]
     warnings: list[str] = field(default_factory=list)
+    after: list[str] = field(default_factory=list)  # planned once these pipelines of its file ran
 
     def to_json(self) -> dict:
-        return {"name": self.pipeline, "shards": [s.to_json() for s in self.shards]}
+        shown = {"name": self.pipeline, "shards": [s.to_json() for s in self.shards]}
+        return {**shown, "planned_after": self.after} if self.after else shown
 
 
 def plan_pipeline(pipeline) -> PipelinePlan:
     """Glob the pipeline's input (one input, or a tree of combined inputs) and cut its datums
     into shards. Raises InputNotFound / InputUnreachable / PlanError for inputs that cannot be listed."""
     tree = pipeline.input_tree()
+    unresolved = sorted({leaf.url for leaf in leaves(tree) if leaf.url.startswith("pipeline://")})
+    if unresolved:
+        raise PlanError(f"{pipeline.name}: {', '.join(unresolved)} is not resolved to an output yet",
+                        hint="pipeline:// inputs are read from the upstream's latest completed job: plan "
+                             "and run them with `bflow plan` / `bflow run` (flow/dag.py resolves them)")
     datums = plan_input_tree(tree)
     shards = cut_into_shards(pipeline.name, datums, pipeline.input.batch_size, keep_order=True)
     warnings = []

@@ -11,6 +11,8 @@ from __future__ import annotations
 import difflib
 import re
 import typing
+from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from bacalhau_flow.errors import NotYetSupported, SpecError
 
-from .models import NAME_RE, Pipeline
+from .models import COMBINATORS, NAME_RE, Pipeline, upstream_name, url_scheme
 
 # Which error of several is reported: features we lack, then typos, then bad values,
 # then missing fields (often just the consequence of a typo); pydantic's order within each.
@@ -72,11 +74,82 @@ def load_spec_text(text: str, source: str = "<string>", base_dir: Path | None = 
                       f"(first defined at line {first_line[pipeline.name]})",
                       source, name_node[1] if name_node else node, f"{pipeline.name}.pipeline")
         first_line[pipeline.name] = line
-        pipelines.append(pipeline.located(source, base))
+        pipeline.located(source, base)._references = _references(node, pipeline.name, source)
+        pipelines.append(pipeline)
     if not pipelines:
         raise SpecError("no pipeline in this file (expected a mapping with a 'pipeline' key)",
                         file=source)
+    check_cycles(pipelines)
     return pipelines
+
+
+# --- pipelines reading each other's outputs (pipeline://) -------------------------------------
+
+@dataclass(frozen=True)
+class Reference:
+    """One `pipeline://NAME` url of a pipeline, where it stands in the spec file."""
+
+    upstream: str  # NAME: the pipeline whose output is read
+    file: str
+    line: int
+    column: int
+    field: str  # e.g. `reduce.input.cross[0].url`
+
+    def error(self, message: str, hint: str | None = None) -> SpecError:
+        """A SpecError located at this url."""
+        return SpecError(message, file=self.file, line=self.line, column=self.column, field=self.field,
+                         hint=hint)
+
+
+def _references(doc: MappingNode, name: str, source: str) -> list[Reference]:
+    """Every `pipeline://` url in a document's input tree, in file order."""
+    found: list[Reference] = []
+
+    def visit(node: Node, parts: list[str]) -> None:
+        if not isinstance(node, MappingNode):
+            return
+        for key, value in node.value:
+            if not isinstance(key, ScalarNode):
+                continue
+            if key.value == "url" and isinstance(value, ScalarNode) and url_scheme(value.value) == "pipeline":
+                mark = value.start_mark
+                field = ".".join([name, *parts, "url"]).replace(".[", "[")
+                found.append(Reference(upstream_name(value.value), source, mark.line + 1, mark.column + 1,
+                                       field))
+            elif key.value in COMBINATORS and isinstance(value, SequenceNode):
+                for i, member in enumerate(value.value):
+                    visit(member, [*parts, key.value, f"[{i}]"])
+
+    pair = _lookup(doc, "input")
+    if pair is not None:
+        visit(pair[1], ["input"])
+    return found
+
+
+def check_cycles(pipelines: list[Pipeline]) -> None:
+    """Raise a SpecError, located at the url that closes it, for a cycle of pipelines of one
+    file reading each other's outputs (a pipeline reading its own output is one too)."""
+    by_name = {p.name: p for p in pipelines}
+    done: set[str] = set()
+
+    def visit(pipeline: Pipeline, path: list[str]) -> None:
+        for ref in pipeline.references:
+            if ref.upstream not in by_name or ref.upstream in done:
+                continue
+            if ref.upstream in path:
+                cycle = path[path.index(ref.upstream):] + [ref.upstream]
+                if len(cycle) == 2:
+                    raise ref.error(f"pipeline {pipeline.name!r} reads its own output",
+                                    hint="read another pipeline's output, or the data itself")
+                reads = ", ".join(f"{a} reads {b}" for a, b in pairwise(cycle))
+                raise ref.error(f"pipelines read each other's outputs in a cycle: {reads}",
+                                hint="pipelines of one file run in dependency order: remove one of these "
+                                     "pipeline:// inputs")
+            visit(by_name[ref.upstream], [*path, ref.upstream])
+        done.add(pipeline.name)
+
+    for pipeline in pipelines:
+        visit(pipeline, [pipeline.name])
 
 
 def _load_document(node: Node, source: str) -> Pipeline:

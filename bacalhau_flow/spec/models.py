@@ -25,7 +25,7 @@ from pydantic_core import PydanticCustomError
 from .values import Command, Cpu, Duration, GlobStr, Size, StrMap, compiled_glob, no_default
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
-SCHEMES = ("file", "http", "https", "ipfs", "s3", "memory")
+SCHEMES = ("file", "http", "https", "ipfs", "s3", "memory", "pipeline")
 COMBINATORS = ("cross", "union", "join", "group")
 _URL_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")
 
@@ -58,7 +58,8 @@ class Input(_Model):
     name: str = Field("", description="Mount name; default: the last segment of url.",
                       json_schema_extra=no_default)
     url: str = Field(description="Relative path (to the spec file), file://, http(s)://, "
-                                 "ipfs://CID[/path], s3://bucket/prefix or memory://.")
+                                 "ipfs://CID[/path], s3://bucket/prefix, memory:// or "
+                                 "pipeline://NAME (the latest completed output of pipeline NAME).")
     glob: str = Field("/", description="Which files or directories are datums (section 3).")
     exclude: list[GlobStr] = Field(default_factory=list,
                                    description="Datums matching any of these globs are dropped.")
@@ -75,7 +76,7 @@ class Input(_Model):
         if not isinstance(data, dict):
             return data
         url = data.get("url")
-        if "name" not in data and isinstance(url, str) and url_scheme(url) != "pipeline":
+        if "name" not in data and isinstance(url, str):
             data = {**data, "name": _default_name(url)}
         return data
 
@@ -86,8 +87,10 @@ class Input(_Model):
             raise ValueError("url must not be empty")
         scheme = url_scheme(url)
         if scheme == "pipeline":
-            raise PydanticCustomError("not_yet_supported",
-                                      "chaining pipelines (pipeline://) is not supported yet")
+            upstream = upstream_name(url)
+            if not NAME_RE.fullmatch(upstream):
+                raise ValueError(f"invalid pipeline name {upstream!r} in {url!r}: expected "
+                                 "pipeline://<name>[/path], the name as in another pipeline's `pipeline:`")
         if scheme is not None and scheme not in SCHEMES:
             raise ValueError(f"unsupported url scheme {scheme!r}: expected a path or one of "
                              + ", ".join(f"{s}://" for s in SCHEMES))
@@ -109,13 +112,21 @@ class Input(_Model):
     def _check_glob(cls, pattern: str) -> str:
         return compiled_glob(pattern)
 
-    def resolved_url(self, base_dir: Path | str) -> str:
+    def resolved_url(self, base_dir: Path | str, upstreams: dict[str, str] | None = None) -> str:
         """The url with local paths made absolute against `base_dir` (the spec's directory).
 
         A relative path and a `file://` url become an absolute local path (no scheme);
-        http(s), ipfs, s3 and memory urls are returned unchanged.
+        `pipeline://NAME[/path]` becomes `upstreams[NAME]` (the `ipfs://CID` of that
+        pipeline's output, see flow/dag.py) plus the path, and stays as it is when NAME is
+        not in `upstreams`; http(s), ipfs, s3 and memory urls are returned unchanged.
         """
         scheme = url_scheme(self.url)
+        if scheme == "pipeline":
+            resolved = (upstreams or {}).get(upstream_name(self.url))
+            if resolved is None:
+                return self.url
+            path = self.url.split("://", 1)[1].partition("/")[2].strip("/")
+            return resolved.rstrip("/") + (f"/{path}" if path else "")
         if scheme is None:
             path = self.url
         elif scheme == "file":
@@ -124,11 +135,12 @@ class Input(_Model):
             return self.url
         return os.path.abspath(os.path.join(base_dir, os.path.expanduser(path)))
 
-    def tree(self, base_dir: Path | str):
-        """This input as a `plan.combinators.Leaf`, its url resolved against `base_dir`."""
+    def tree(self, base_dir: Path | str, upstreams: dict[str, str] | None = None):
+        """This input as a `plan.combinators.Leaf`, its url resolved against `base_dir`
+        (and `upstreams`, for a pipeline:// url)."""
         from bacalhau_flow.plan.combinators import Leaf
 
-        return Leaf(self.name, self.resolved_url(base_dir), self.glob, tuple(self.exclude),
+        return Leaf(self.name, self.resolved_url(base_dir, upstreams), self.glob, tuple(self.exclude),
                     self.join_on, self.outer_join, self.group_by)
 
 
@@ -142,11 +154,12 @@ class _Combined(_Model):
     def members(self) -> list[InputNode]:
         return getattr(self, self.keyword)
 
-    def tree(self, base_dir: Path | str):
+    def tree(self, base_dir: Path | str, upstreams: dict[str, str] | None = None):
         """This input as a `plan.combinators` tree, urls resolved against `base_dir`."""
         from bacalhau_flow.plan import combinators
 
-        return getattr(combinators, self.keyword.capitalize())([m.tree(base_dir) for m in self.members])
+        return getattr(combinators, self.keyword.capitalize())([m.tree(base_dir, upstreams)
+                                                                for m in self.members])
 
 
 class CrossInput(_Combined):
@@ -188,9 +201,17 @@ for _model in (CrossInput, UnionInput, JoinInput, GroupInput):
     _model.model_rebuild()
 
 
+def upstream_name(url: str) -> str:
+    """The pipeline a `pipeline://NAME[/path]` url reads from: NAME."""
+    return url.split("://", 1)[1].split("/", 1)[0]
+
+
 def _default_name(url: str) -> str:
-    """The last non-empty, non-`.` segment of a url's path (or its host, if it has no path)."""
+    """The last non-empty, non-`.` segment of a url's path (or its host, if it has no path);
+    for `pipeline://NAME[/path]`, the pipeline's name."""
     scheme = url_scheme(url)
+    if scheme == "pipeline":
+        return upstream_name(url)
     if scheme is None:
         path = url
     elif scheme == "file":
@@ -375,6 +396,8 @@ class Pipeline(_Model):
 
     _source_file: str = PrivateAttr("<string>")
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+    _references: list = PrivateAttr(default_factory=list)  # spec.loader.Reference, one per pipeline:// url
+    _upstreams: dict = PrivateAttr(default_factory=dict)  # upstream name -> ipfs://CID (flow/dag.py)
 
     @field_validator("input")
     @classmethod
@@ -420,14 +443,36 @@ class Pipeline(_Model):
         self._source_file, self._base_dir = source_file, Path(base_dir)
         return self
 
+    @property
+    def references(self) -> list:
+        """Where this pipeline reads other pipelines' outputs: a `spec.loader.Reference` per
+        `pipeline://` url, located in the spec file (empty when built in code)."""
+        return self._references
+
+    @property
+    def upstreams(self) -> set[str]:
+        """The names of the pipelines this one's `pipeline://` inputs read from."""
+        return {upstream_name(leaf.url) for leaf in _leaf_inputs(self.input) if url_scheme(leaf.url) == "pipeline"}
+
+    def resolve_upstreams(self, outputs: dict[str, str]) -> Pipeline:
+        """Read `pipeline://NAME` inputs from `outputs[NAME]` (an `ipfs://CID` url); returns self."""
+        self._upstreams = dict(outputs)
+        return self
+
     def input_tree(self):
-        """The input as a `plan.combinators` tree, local urls made absolute against base_dir."""
-        return self.input.tree(self._base_dir)
+        """The input as a `plan.combinators` tree, local urls made absolute against base_dir,
+        pipeline:// urls replaced by what `resolve_upstreams` gave (left as they are if not)."""
+        return self.input.tree(self._base_dir, self._upstreams)
 
     @property
     def input_url(self) -> str:
         """`input.resolved_url(base_dir)`: the input url with local paths made absolute."""
-        return self.input.resolved_url(self._base_dir)
+        return self.input.resolved_url(self._base_dir, self._upstreams)
+
+
+def _leaf_inputs(node: InputNode) -> list[Input]:
+    """The single inputs of an input tree, depth first."""
+    return [inner for _, inner in _nested_inputs(node, ()) if isinstance(inner, Input)]
 
 
 def _nested_inputs(node: InputNode, loc: tuple) -> list[tuple[tuple, InputNode]]:

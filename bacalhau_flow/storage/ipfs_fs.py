@@ -44,7 +44,7 @@ from fsspec.utils import isfilelike
 
 from ..errors import BflowError, BlockNotFound, ContentError, InputNotFound, InputUnreachable
 from . import dag, unixfs
-from .store import ContentStore
+from .store import ChunkReader, ContentStore
 
 DEFAULT_TIMEOUT_S = 30.0
 MIN_RATE = 1e6  # bytes/s a transfer from a gateway may not fall below (on top of the timeout)
@@ -127,7 +127,7 @@ class IPFSFileSystem(AbstractFileSystem):
         if mode != "rb":
             raise NotImplementedError("ipfs:// is read-only")
         path = self._strip_protocol(path)
-        reader = self._local(path, lambda store, p: _Reader(dag.read_range(store, self._cid(store, p))),
+        reader = self._local(path, lambda store, p: ChunkReader(dag.read_range(store, self._cid(store, p))),
                              whole_dag=True)
         if reader is not None:
             return io.BufferedReader(reader, buffer_size=unixfs.CHUNK_SIZE)
@@ -298,25 +298,3 @@ def _info(name: str, node: dag.Node) -> dict:
     if node.is_dir:
         return {"name": name, "CID": node.cid_str, "type": "directory", "size": 0}
     return {"name": name, "CID": node.cid_str, "type": "file", "size": node.size}
-
-
-class _Reader(io.RawIOBase):
-    """A raw, read-only file over an iterator of byte pieces."""
-
-    def __init__(self, pieces):
-        self._pieces = pieces
-        self._pending = memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        while not self._pending:
-            piece = next(self._pieces, None)
-            if piece is None:
-                return 0
-            self._pending = memoryview(piece)
-        n = min(len(buffer), len(self._pending))
-        buffer[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
-        return n

@@ -104,7 +104,7 @@ class ContentStore:
 
     def open_file(self, cid: str) -> io.BufferedReader:
         """A read-only binary file object over a file's content, streamed block by block."""
-        return io.BufferedReader(_ChunkReader(self.iter_file(cid)), buffer_size=unixfs.CHUNK_SIZE)
+        return io.BufferedReader(ChunkReader(self.iter_file(cid)), buffer_size=unixfs.CHUNK_SIZE)
 
     def ls(self, cid: str) -> list[Entry]:
         """The entries of a directory, sorted by name."""
@@ -277,7 +277,7 @@ class ContentStore:
             raise
 
 
-class _ChunkReader(io.RawIOBase):
+class ChunkReader(io.RawIOBase):
     """A raw, read-only file over an iterator of byte chunks."""
 
     def __init__(self, chunks: Iterator[bytes]):

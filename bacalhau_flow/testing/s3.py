@@ -5,7 +5,7 @@ While it runs, the standard AWS environment points every S3 client in this proce
 test reads and writes `s3://` urls exactly as it would against AWS. The environment and
 fsspec's cached S3 filesystems are restored when it stops.
 
-    from bacalhau_flow.testing.s3 import s3_server  # noqa: F401  (the pytest fixture)
+    # tests/conftest.py loads this module as a pytest plugin, so `s3_server` is a fixture there
 
     def test_x(s3_server):
         bucket = s3_server.bucket({"data/a.txt": b"alpha"})  # a fresh bucket holding these keys

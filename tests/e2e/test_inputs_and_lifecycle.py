@@ -147,5 +147,5 @@ def test_unknown_job_prefix_is_a_clear_error():
 
 
 def test_not_yet_commands_say_so():
-    r = bflow("deploy", "pipelines/wordcount.yaml")
+    r = bflow("network")
     assert r.code == 1 and "not supported yet" in r.stderr

@@ -7,8 +7,6 @@ import json
 import pytest
 from cli_helpers import bflow, write_spec
 
-from bacalhau_flow.testing.s3 import s3_server  # noqa: F401  (the fixture)
-
 FILES = {"a.txt": b"alpha\n", "b.csv": b"1,2\n", "sub/c.txt": b"gamma\n", "sub/deep/d.txt": b"delta\n"}
 
 

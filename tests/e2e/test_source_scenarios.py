@@ -6,8 +6,6 @@ from cli_helpers import bflow, write_spec
 from http_helpers import FileServer
 from scenarios import LINES, SCENARIOS
 
-from bacalhau_flow.testing.s3 import s3_server  # noqa: F401  (the fixture)
-
 
 @pytest.fixture(params=["local", "http", "s3", "ipfs"])
 def source(request, tmp_path):
@@ -35,9 +33,10 @@ def test_scenario_over_each_source(name, source, tmp_path):
     transform, exit_code, stdout, output = SCENARIOS[name]
     spec = write_spec(tmp_path, f"pipeline: scenario\ninput: {{name: in, url: '{source}', glob: '/fruit.txt'}}\n"
                                 f"transform:\n  {transform}\n")
-    r = bflow("run", spec, "--json")
+    r = bflow("run", spec, "--json", "--reprocess")  # the same bytes came from another source
     job = r.json()
     assert job["shards"][0]["exit_code"] == exit_code, r.stderr
+    assert job["shards"][0]["state"] == ("completed" if exit_code == 0 else "failed")  # ran, not reused
     got = tmp_path / "got"
     assert bflow("get", job["id"], "-o", got).code == 0
     assert (got / "stdout").read_text() == stdout

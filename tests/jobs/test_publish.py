@@ -14,7 +14,6 @@ from bacalhau_flow.jobs.publish import check_publish_url, publish_outputs, publi
 from bacalhau_flow.jobs.store import JobStore
 from bacalhau_flow.spec import load_spec
 from bacalhau_flow.storage import ContentStore
-from bacalhau_flow.testing.s3 import s3_server  # noqa: F401  (the fixture)
 
 TREE = {"counts.txt": b"3\n", "by-shard/0": b"zero\n", "by-shard/1": b"one\n" * 100_000}
 

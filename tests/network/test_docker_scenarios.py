@@ -22,9 +22,10 @@ def test_scenario_in_docker(name, image, devstack, tmp_path):
     (tmp_path / "in" / "fruit.txt").write_text(LINES)
     spec = write_spec(tmp_path, "pipeline: scenario\ninput: {url: in, glob: '/fruit.txt'}\n"
                                 f"transform:\n  image: {image}\n  {transform}\n")
-    r = bflow("run", spec, "--network", devstack.url, "--json")
+    r = bflow("run", spec, "--network", devstack.url, "--json", "--reprocess")  # the same job ran on the other transport
     job = r.json()
     assert job["shards"][0]["exit_code"] == exit_code, r.stderr
+    assert job["shards"][0]["state"] == ("completed" if exit_code == 0 else "failed")  # ran, not reused
     assert r.code == (0 if exit_code == 0 else 1)
     got = tmp_path / "got"
     assert bflow("get", job["id"], "-o", got).code == 0

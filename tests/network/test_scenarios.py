@@ -11,9 +11,10 @@ def test_scenario(name, devstack, tmp_path):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "fruit.txt").write_text(LINES)
     spec = write_spec(tmp_path, f"pipeline: scenario\ninput: {{url: in, glob: '/fruit.txt'}}\ntransform:\n  {transform}\n")
-    r = bflow("run", spec, "--network", devstack.url, "--json")
+    r = bflow("run", spec, "--network", devstack.url, "--json", "--reprocess")  # the same job ran on the other transport
     job = r.json()
     assert job["shards"][0]["exit_code"] == exit_code, r.stderr
+    assert job["shards"][0]["state"] == ("completed" if exit_code == 0 else "failed")  # ran, not reused
     assert r.code == (0 if exit_code == 0 else 1)
     got = tmp_path / "got"
     assert bflow("get", job["id"], "-o", got).code == 0
@@ -34,7 +35,7 @@ def test_100_datums_in_batches_of_10_spread_over_the_nodes(devstack, tmp_path):
     spec = write_spec(tmp_path, "pipeline: hundred\ninput: {url: d, glob: '/*', batch_size: 10}\n"
                                 "resources: {cpu: 1}\n"
                                 "transform: {cmd: [sh, -c, 'for f in $BFLOW_INPUTS/d/*; do cp $f $BFLOW_OUTPUTS/; done; sleep 0.3']}\n")
-    r = bflow("run", spec, "--network", devstack.url, "--json")
+    r = bflow("run", spec, "--network", devstack.url, "--json", "--reprocess")
     assert r.code == 0, r.stderr
     job = r.json()
     assert len(job["shards"]) == 10

@@ -15,7 +15,6 @@ from bacalhau_flow.errors import StagingError
 from bacalhau_flow.network.messages import InputRef, ShardRequest, TransformRef
 from bacalhau_flow.network.staging import make_writable, stage_inputs
 from bacalhau_flow.plan import retries
-from bacalhau_flow.testing.s3 import s3_server  # noqa: F401  (the fixture)
 
 FILES = {"a.txt": "aa", "b.csv": "bbb", "sub/c.txt": "c", "sub/deep/d.txt": "dddd", "sp ace/e f.txt": "e"}
 

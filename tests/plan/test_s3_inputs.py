@@ -9,7 +9,6 @@ import pytest
 from bacalhau_flow.errors import InputNotFound, InputUnreachable
 from bacalhau_flow.plan.datums import plan_datums
 from bacalhau_flow.plan.inputs import Entry, open_input
-from bacalhau_flow.testing.s3 import s3_server  # noqa: F401  (the fixture)
 
 FILES = {"a.txt": "aa", "b.csv": "bbb", "sub/c.txt": "c", "sub/deep/d.txt": "dddd", "sp ace/e f.txt": "e"}
 EXPECTED = [("/a.txt", False), ("/b.csv", False), ("/sp ace", True), ("/sp ace/e f.txt", False),

@@ -9,6 +9,7 @@ import pytest
 
 from bacalhau_flow.errors import SpecError
 from bacalhau_flow.flow.job_run import JobRun
+from bacalhau_flow.jobs.store import JobRecord
 from bacalhau_flow.plan.combinators import Cross, Join, Leaf, Union
 from bacalhau_flow.plan.pipeline import plan_pipeline
 from bacalhau_flow.spec import load_spec_text
@@ -73,8 +74,10 @@ def test_cross_plans_twenty_datums_and_job_run_names_every_input(foo):
     plan = plan_pipeline(p)
     assert sum(len(s.datums) for s in plan.shards) == 20 and len(plan.shards) == 7
     assert plan.shards[0].datums[0].to_json() == {"a": ["/foo11"], "b": ["/foo12"]}
-    run = JobRun(p, plan.shards, job=None, jobs=None, content=None, scratch=None)
-    assert [(ref.name, ref.url) for ref in run._inputs] == [("a", str(foo / "foo")), ("b", str(foo / "foo"))]
+    job = JobRecord(id="j-test", pipeline="x", state="queued", created=0.0, shard_count=len(plan.shards))
+    run = JobRun(p, plan.shards, job=job, jobs=None, content=None, scratch=None)
+    request = run.request(plan.shards[0], attempt=1)
+    assert [(ref.name, ref.url) for ref in request.inputs] == [("a", str(foo / "foo")), ("b", str(foo / "foo"))]
 
 
 def test_group_and_join_keep_key_order(foo):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bacalhau_flow.errors import NotYetSupported, SpecError
+from bacalhau_flow.errors import SpecError
 from bacalhau_flow.spec import json_schema, load_spec, load_spec_text
 from bacalhau_flow.spec.schema import SCHEMA_FILE, render
 
@@ -250,11 +250,32 @@ def test_schedule_with_cron_and_interval():
     assert err.detail == "give exactly one of cron or interval"
 
 
-def test_pipeline_url_is_not_supported_yet():
-    err = spec_error("pipeline: wc\ninput: {url: 'pipeline://upstream'}\ntransform: {cmd: [x]}\n",
-                     NotYetSupported)
+def test_pipeline_urls_are_recorded_with_their_location():
+    (up, down) = load_spec_text(MINIMAL.format(name="up") + "---\npipeline: down\ninput:\n  cross:\n"
+                                "    - {url: data}\n    - {url: 'pipeline://up/parts'}\ntransform: {cmd: [x]}\n")
+    assert up.references == [] and down.upstreams == {"up"}
+    (ref,) = down.references
+    assert (ref.upstream, ref.line, ref.column, ref.field) == ("up", 9, 13, "down.input.cross[1].url")
+    assert down.input.cross[1].name == "up"
+
+
+def test_a_pipeline_reading_its_own_output_is_a_located_error():
+    err = spec_error("pipeline: wc\ninput: {url: 'pipeline://wc'}\ntransform: {cmd: [x]}\n")
     assert where(err) == (2, 14, "wc.input.url")
-    assert "chaining pipelines" in err.detail
+    assert err.detail == "pipeline 'wc' reads its own output"
+
+
+def test_a_cycle_of_three_pipelines_is_located_at_the_url_that_closes_it():
+    text = "".join(f"pipeline: {a}\ninput: {{url: 'pipeline://{b}'}}\ntransform: {{cmd: [x]}}\n---\n"
+                   for a, b in (("a", "c"), ("b", "a"), ("c", "b")))
+    err = spec_error(text)
+    assert where(err) == (6, 14, "b.input.url")  # b reads a closes a -> c -> b -> a
+    assert err.detail == "pipelines read each other's outputs in a cycle: a reads c, c reads b, b reads a"
+
+
+def test_references_to_pipelines_outside_the_file_load_fine():
+    (p,) = load_spec_text("pipeline: wc\ninput: {url: 'pipeline://elsewhere'}\ntransform: {cmd: [x]}\n")
+    assert p.upstreams == {"elsewhere"} and p.input.name == "elsewhere"
 
 
 def test_duplicate_pipeline_names():

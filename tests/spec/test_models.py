@@ -141,10 +141,18 @@ def test_resolved_url_leaves_remote_urls_alone(url):
     assert Input(url=url).resolved_url("/specs") == url
 
 
-def test_pipeline_urls_are_not_supported_yet():
-    with pytest.raises(ValidationError) as info:
-        Input(url="pipeline://upstream")
-    assert error_types(info.value) == ["not_yet_supported"]
+def test_pipeline_url_defaults_the_input_name_to_the_upstream_and_resolves_to_its_output():
+    sub = Input(url="pipeline://split/parts")
+    assert sub.name == "split"
+    assert sub.resolved_url("/specs") == "pipeline://split/parts"  # not resolved yet: as written
+    assert sub.resolved_url("/specs", {"split": "ipfs://bafyX"}) == "ipfs://bafyX/parts"
+    assert Input(url="pipeline://split").resolved_url("/x", {"split": "ipfs://bafyX"}) == "ipfs://bafyX"
+
+
+@pytest.mark.parametrize("url", ["pipeline://", "pipeline://Bad_Name", "pipeline:///x"])
+def test_pipeline_url_needs_a_valid_pipeline_name(url):
+    with pytest.raises(ValidationError, match="invalid pipeline name"):
+        Input(url=url, name="x")
 
 
 def test_bad_glob_and_exclude_patterns_are_rejected():
