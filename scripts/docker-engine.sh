@@ -17,8 +17,14 @@ if ! command -v dockerd >/dev/null || ! [ -x /bin/busybox ]; then
         exit 1
     fi
     echo "docker-engine: installing docker.io and busybox-static (apt)" >&2
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io busybox-static >/dev/null
+    for attempt in 1 2 3; do  # a mirror hiccup should not fail a CI run
+        if apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+                apt-get install -y -qq docker.io busybox-static >/dev/null; then
+            break
+        fi
+        [ "$attempt" = 3 ] && { echo "docker-engine: apt-get failed 3 times" >&2; exit 1; }
+        sleep 5
+    done
 fi
 if ! docker info >/dev/null 2>&1; then
     log=${DOCKERD_LOG:-/tmp/bflow-dockerd.log}
