@@ -194,6 +194,11 @@ def scheduled_pipeline(spec: str, pipeline: str, network: str | None = None):
     finally:
         _link_job(job_id_for(run_id), run_id)
     message = f"job {record.id}: {record.state}"
+    reused = sum(s.state == "skipped" for s in record.shards)
+    if reused and reused == len(record.shards):
+        message += f" (nothing changed: {reused} of {reused} shards reused, none dispatched)"
+    elif reused:
+        message += f" ({reused} of {len(record.shards)} shards reused)"
     if record.state == "completed":
         return Completed(message=message, data=record.id)
     return Failed(message=message + (f": {record.error}" if record.error else ""))

@@ -137,6 +137,7 @@ def test_deploy_serve_redeploy_delete_and_stop(tmp_path, monkeypatch):
         assert bflow("logs", _jobs("after")[0]["id"]).stdout == "a\nb\n"
         # the second run found nothing changed: both shards reused, no downstream run
         assert _reused(first[0]["id"]) == 2
+        out.wait_for(f"job {first[0]['id']}: completed (nothing changed: 2 of 2 shards reused", timeout=10)
         assert len(_jobs("after")) == 1
 
         # When one input file changes, only its shard runs, and the new output starts `after` again.
