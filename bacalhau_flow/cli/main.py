@@ -336,20 +336,6 @@ def version(network: Optional[str] = typer.Option(None, help="also show the node
         network_cli.version_of_network(network)
 
 
-# -- not yet ---------------------------------------------------------------------
-def _not_yet(what: str) -> BflowError:
-    return BflowError(f"{what} is not supported yet in bflow {__version__}",
-                      hint="run pipelines on the embedded network: `bflow run SPEC`")
-
-
-def _later(name: str, what: str, doc: str):
-    def stub(args: Optional[list[str]] = typer.Argument(None, hidden=True)):
-        raise _not_yet(what)
-
-    stub.__doc__ = doc + " (not yet)"
-    command(name)(stub)
-
-
 # -- schedules -------------------------------------------------------------------
 @command()
 def deploy(
@@ -378,7 +364,6 @@ def _say(line: str) -> None:
 
 
 network_cli.register(app, command)
-_later("network", "the network picture", "A picture of the network and of where shards ran.")
 
 
 def main() -> None:

@@ -167,6 +167,27 @@ def gateway(port: int = typer.Option(8080, help="port to listen on (0: any free 
     asyncio.run(main())
 
 
+def network(network: Optional[str] = typer.Option(None, help="network URL; without it, only where the job ran"),
+            job: Optional[str] = typer.Option(None, help="the job whose shards to place (default: the newest)"),
+            wait: float = typer.Option(2.0, help="seconds to listen for announcements")):
+    """A picture of the network: its nodes with their load, and where a job's shards ran."""
+    from ..home import jobs_db
+    from ..jobs.store import JobStore
+
+    found = asyncio.run(discover(network, wait)) if network else []
+    record = None
+    if job or jobs_db().exists():
+        store = JobStore(jobs_db())
+        try:
+            newest = store.list_jobs(limit=1)
+            if job or newest:
+                record = store.get(job or newest[0].id)
+        finally:
+            store.close()
+    render.out.print(render.network_tree(network or "embedded network (exists only while a run lasts)",
+                                         found, record))
+
+
 def version_of_network(network: str) -> None:
     for n in asyncio.run(discover(network)):
         print(f"node {n.id} {n.version}")
@@ -177,3 +198,4 @@ def register(app: typer.Typer, command) -> None:
     command("node")(node)
     command("nodes")(nodes)
     command("gateway")(gateway)
+    command("network")(network)

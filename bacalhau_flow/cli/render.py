@@ -123,3 +123,43 @@ def nodes_table(nodes) -> Table:
 
 def _gib(n: int) -> str:
     return f"{n / 2**30:.1f}Gi"
+
+
+def _bar(used: float, total: float, width: int = 10) -> str:
+    """A load bar: `███░░░░░░░` for 30% used."""
+    filled = round(width * used / total) if total > 0 else 0
+    return "[cyan]" + "█" * filled + "[/][dim]" + "░" * (width - filled) + "[/]"
+
+
+def network_tree(name: str, nodes, job=None):
+    """The picture `bflow network` prints: the network, its nodes with their load, and under
+    each node the shards of `job` that ran there, coloured by state. Nodes the job used that
+    are not on the network now (the embedded network of a finished run, a node that died)
+    are listed after the live ones."""
+    from rich.tree import Tree
+
+    tree = Tree(f"[bold]{name}[/]  {len(nodes)} node{'s' if len(nodes) != 1 else ''} seen")
+    placed: dict[str, list] = {}
+    for s in (job.shards if job else []):
+        placed.setdefault(s.node or "(no node)", []).append(s)
+    branches = {}
+    for n in nodes:
+        used_cpu, used_mem = n.total.cpu - n.free.cpu, n.total.memory - n.free.memory
+        label = (f"[bold]{n.id}[/]  {','.join(n.executors)}  cpu {_bar(used_cpu, n.total.cpu)} "
+                 f"{used_cpu:g}/{n.total.cpu:g}  mem {_bar(used_mem, n.total.memory)} "
+                 f"{_gib(used_mem)}/{_gib(n.total.memory)}  running {n.running}, queued {n.queued}")
+        if n.total.gpu:
+            label += f"  gpu {n.total.gpu - n.free.gpu}/{n.total.gpu}"
+        if n.labels:
+            label += "  " + ",".join(f"{k}={v}" for k, v in n.labels.items())
+        if getattr(n, "gateway", None):
+            label += f"  [dim]{n.gateway}[/]"
+        branches[n.id] = tree.add(label)
+    for node, shards in placed.items():
+        branch = branches.get(node) or tree.add(f"[bold]{node}[/]  [dim](not on this network now)[/]")
+        marks = " ".join(f"[{STATE_STYLE.get(s.state, '')}]{s.index}[/]" for s in sorted(shards, key=lambda s: s.index))
+        branch.add(f"job {job.id} ({job.pipeline}): shards {marks}")
+    if job:
+        legend = "  ".join(styled(state) for state in ("completed", "failed", "skipped", "running", "cancelled"))
+        tree.add(f"[dim]shard colours:[/] {legend}")
+    return tree

@@ -146,6 +146,16 @@ def test_unknown_job_prefix_is_a_clear_error():
     assert r.code == 1 and "no job matches" in r.stderr
 
 
-def test_not_yet_commands_say_so():
+def test_network_picture_places_the_newest_jobs_shards_on_their_nodes(tmp_path):
+    spec = write_spec(tmp_path, "pipeline: picture\ninput: {url: d, glob: '/*'}\n"
+                                "transform: {cmd: [sh, -c, 'test $BFLOW_SHARD_INDEX != 1']}\n")
+    (tmp_path / "d").mkdir()
+    for name in "abc":
+        (tmp_path / "d" / name).write_text(name)
+    job = bflow("run", spec, "--json").json()
     r = bflow("network")
-    assert r.code == 1 and "not supported yet" in r.stderr
+    assert r.code == 0, r.stderr
+    assert "embedded network" in r.stdout and "(not on this network now)" in r.stdout
+    for node in {s["node"] for s in job["shards"]}:
+        assert node in r.stdout
+    assert f"job {job['id']} (picture): shards" in r.stdout and "shard colours" in r.stdout

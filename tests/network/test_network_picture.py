@@ -1,0 +1,20 @@
+"""`bflow network --network URL`: the live nodes with their load, and where a job's shards ran."""
+
+from cli_helpers import bflow, write_spec
+
+
+def test_the_picture_shows_every_node_and_the_shards_each_ran(devstack, tmp_path):
+    (tmp_path / "d").mkdir()
+    for i in range(6):
+        (tmp_path / "d" / f"f{i}").write_text(str(i))
+    spec = write_spec(tmp_path, "pipeline: placed\ninput: {url: d, glob: '/*'}\nresources: {cpu: 1}\n"
+                                "transform: {cmd: [sh, -c, 'sleep 0.3']}\n")
+    job = bflow("run", spec, "--network", devstack.url, "--json", "--reprocess").json()
+    r = bflow("network", "--network", devstack.url, "--job", job["id"])
+    assert r.code == 0, r.stderr
+    lines = r.stdout.splitlines()
+    for node in devstack.nodes:
+        assert any(node.id in line and "cpu" in line and "mem" in line for line in lines)
+    assert "not on this network now" not in r.stdout  # every shard ran on a live node
+    shown = {int(i) for line in lines if "(placed): shards" in line for i in line.split("shards")[1].split()}
+    assert shown == set(range(6))
