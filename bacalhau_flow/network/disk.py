@@ -8,13 +8,17 @@ disk, and its shard fails with a clear error (its stdout and stderr are still ke
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 
 from ..errors import DiskLimitExceeded
 from ..spec.values import format_size
+
+log = logging.getLogger("bacalhau_flow.node")
 
 WATCH_SECONDS = 0.25
 RAISE_HINT = "raise resources.disk in the spec, or give each shard less data (a finer glob, a smaller batch_size)"
@@ -49,33 +53,64 @@ def outputs_error(shard_index: int, written: int, allowed: int, limit: int) -> s
 
 
 class OutputWatch:
-    """While open, polls the size of `outputs` and calls `stop()` once if it passes `allowed`."""
+    """While open, the size of `outputs` is polled (by one watcher thread for all open
+    watches of the process) and `stop()` is called once if it passes `allowed`."""
 
-    def __init__(self, outputs: Path, allowed: int, stop: Callable[[], None], every: float = WATCH_SECONDS):
-        self.outputs, self.allowed, self.stop, self.every = outputs, allowed, stop, every
+    def __init__(self, outputs: Path, allowed: int, stop: Callable[[], None]):
+        self.outputs, self.allowed, self.stop = outputs, allowed, stop
         self.written = 0  # the largest size seen
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="bflow-output-watch", daemon=True)
+        self._stopped = False
 
     @property
     def exceeded(self) -> bool:
         return self.written > self.allowed
 
     def __enter__(self) -> "OutputWatch":
-        self._thread.start()
+        _watcher.add(self)
         return self
 
     def __exit__(self, *exc) -> None:
-        self._done.set()
-        self._thread.join()
-        self._measure()  # what the command left at the end counts too
+        _watcher.remove(self)
+        self.measure()  # what the command left at the end counts too
 
-    def _watch(self) -> None:
-        while not self._done.wait(self.every):
-            if self._measure():
-                self.stop()
-                return
-
-    def _measure(self) -> bool:
+    def measure(self) -> None:
+        """Read the outputs' size now; call `stop()` the first time it is over the limit."""
         self.written = max(self.written, tree_bytes(self.outputs))
-        return self.exceeded
+        if self.exceeded and not self._stopped:
+            self._stopped = True
+            self.stop()
+
+
+class _Watcher:
+    """One daemon thread that measures every open OutputWatch each WATCH_SECONDS: a thread
+    per shard cost more than a shard of `true` itself."""
+
+    def __init__(self) -> None:
+        self._watches: set[OutputWatch] = set()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def add(self, watch: OutputWatch) -> None:
+        with self._lock:
+            self._watches.add(watch)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="bflow-output-watch", daemon=True)
+                self._thread.start()
+
+    def remove(self, watch: OutputWatch) -> None:
+        with self._lock:
+            self._watches.discard(watch)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(WATCH_SECONDS)
+            with self._lock:
+                watches = list(self._watches)
+            for watch in watches:
+                try:
+                    watch.measure()
+                except Exception:  # noqa: BLE001 - one folder gone mid-walk must not stop the others
+                    log.debug("output watch of %s failed", watch.outputs, exc_info=True)
+
+
+_watcher = _Watcher()

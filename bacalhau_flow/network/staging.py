@@ -47,19 +47,18 @@ def stage_inputs(request: ShardRequest, inputs_dir: Path) -> int:
         name: _guarded(refs[name], "/", lambda url=refs[name].url: open_input(url))
         for name, paths in wanted.items() if paths
     }
-    with ThreadPoolExecutor(PARALLEL_FETCHES, thread_name_prefix="bflow-stage") as pool:
-        datums = [(name, path) for name, paths in wanted.items() for path in paths]
-        trees = _all(pool, [(refs[name], path, lambda n=name, p=path: roots[n].subtree(p)) for name, path in datums])
-        files: dict[Path, tuple[str, str]] = {}  # target -> (input name, path); once each
-        for (name, _), (dirs, paths) in zip(datums, trees):
-            for d in dirs:
-                _target(inputs_dir, name, d).mkdir(parents=True, exist_ok=True)
-            for p in paths:
-                files.setdefault(_target(inputs_dir, name, p), (name, p))
-        for target in files:
-            target.parent.mkdir(parents=True, exist_ok=True)
-        sizes = _all(pool, [(refs[name], path, lambda t=target, n=name, p=path: roots[n].fetch(p, t))
-                            for target, (name, path) in files.items()])
+    datums = [(name, path) for name, paths in wanted.items() for path in paths]
+    trees = _all([(refs[name], path, lambda n=name, p=path: roots[n].subtree(p)) for name, path in datums])
+    files: dict[Path, tuple[str, str]] = {}  # target -> (input name, path); once each
+    for (name, _), (dirs, paths) in zip(datums, trees):
+        for d in dirs:
+            _target(inputs_dir, name, d).mkdir(parents=True, exist_ok=True)
+        for p in paths:
+            files.setdefault(_target(inputs_dir, name, p), (name, p))
+    for target in files:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    sizes = _all([(refs[name], path, lambda t=target, n=name, p=path: roots[n].fetch(p, t))
+                  for target, (name, path) in files.items()])
     _make_read_only(inputs_dir)
     return sum(sizes)
 
@@ -77,18 +76,23 @@ def _target(inputs_dir: Path, name: str, path: str) -> Path:
     return inputs_dir / name / rel if rel else inputs_dir / name
 
 
-def _all(pool: ThreadPoolExecutor, steps: list[tuple[InputRef, str, Callable[[], T]]]) -> list[T]:
-    """Run the steps on the pool; their results in order. The first failure cancels the
-    steps not yet started and is raised (after the running ones end) as a StagingError."""
-    futures: list[Future] = [pool.submit(_guarded, ref, path, step) for ref, path, step in steps]
-    _, pending = wait(futures, return_when=FIRST_EXCEPTION)
-    for f in pending:
-        f.cancel()
-    failed = [f for f in futures if f.done() and not f.cancelled() and f.exception() is not None]
-    if failed:
-        wait([f for f in pending if not f.cancelled()])
-        raise failed[0].exception()
-    return [f.result() for f in futures]
+def _all(steps: list[tuple[InputRef, str, Callable[[], T]]]) -> list[T]:
+    """Run the steps, up to PARALLEL_FETCHES at a time; their results in order. The first
+    failure cancels the steps not yet started and is raised (after the running ones end) as
+    a StagingError. A single step runs in this thread: most shards hold one file, and a pool
+    of threads per shard cost more than the copy."""
+    if len(steps) <= 1:
+        return [_guarded(ref, path, step) for ref, path, step in steps]
+    with ThreadPoolExecutor(min(PARALLEL_FETCHES, len(steps)), thread_name_prefix="bflow-stage") as pool:
+        futures: list[Future] = [pool.submit(_guarded, ref, path, step) for ref, path, step in steps]
+        _, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        for f in pending:
+            f.cancel()
+        failed = [f for f in futures if f.done() and not f.cancelled() and f.exception() is not None]
+        if failed:
+            wait([f for f in pending if not f.cancelled()])
+            raise failed[0].exception()
+        return [f.result() for f in futures]
 
 
 def _guarded(ref: InputRef, path: str, step: Callable[[], T]) -> T:
