@@ -2,9 +2,9 @@
 source: a local folder, an HTTP server, S3 (moto), and IPFS (`bflow add`, then `ipfs://CID`)."""
 
 import pytest
-from cli_helpers import bflow, write_spec
+from cli_helpers import bflow
 from http_helpers import FileServer
-from scenarios import LINES, SCENARIOS
+from scenarios import LINES, SCENARIOS, run_scenario
 
 
 @pytest.fixture(params=["local", "http", "s3", "ipfs"])
@@ -30,15 +30,4 @@ def source(request, tmp_path):
 
 @pytest.mark.parametrize("name", SCENARIOS)
 def test_scenario_over_each_source(name, source, tmp_path):
-    transform, exit_code, stdout, output = SCENARIOS[name]
-    spec = write_spec(tmp_path, f"pipeline: scenario\ninput: {{name: in, url: '{source}', glob: '/fruit.txt'}}\n"
-                                f"transform:\n  {transform}\n")
-    r = bflow("run", spec, "--json", "--reprocess")  # the same bytes came from another source
-    job = r.json()
-    assert job["shards"][0]["exit_code"] == exit_code, r.stderr
-    assert job["shards"][0]["state"] == ("completed" if exit_code == 0 else "failed")  # ran, not reused
-    got = tmp_path / "got"
-    assert bflow("get", job["id"], "-o", got).code == 0
-    assert (got / "stdout").read_text() == stdout
-    if output:
-        assert (got / "outputs" / output[0]).read_text() == output[1]
+    run_scenario(name, tmp_path, url=source)

@@ -5,7 +5,7 @@ import uuid
 
 import pytest
 from cli_helpers import bflow, write_spec
-from scenarios import LINES, SCENARIOS
+from scenarios import LINES, SCENARIOS, run_scenario
 
 from bacalhau_flow.testing.docker_image import ensure_test_image
 
@@ -17,25 +17,7 @@ def image():
 
 @pytest.mark.parametrize("name", SCENARIOS)
 def test_scenario_in_docker(name, image, devstack, tmp_path):
-    transform, exit_code, stdout, output = SCENARIOS[name]
-    (tmp_path / "in").mkdir()
-    (tmp_path / "in" / "fruit.txt").write_text(LINES)
-    spec = write_spec(tmp_path, "pipeline: scenario\ninput: {url: in, glob: '/fruit.txt'}\n"
-                                f"transform:\n  image: {image}\n  {transform}\n")
-    r = bflow("run", spec, "--network", devstack.url, "--json", "--reprocess")  # the same job ran on the other transport
-    job = r.json()
-    assert job["shards"][0]["exit_code"] == exit_code, r.stderr
-    assert job["shards"][0]["state"] == ("completed" if exit_code == 0 else "failed")  # ran, not reused
-    assert r.code == (0 if exit_code == 0 else 1)
-    got = tmp_path / "got"
-    assert bflow("get", job["id"], "-o", got).code == 0
-    assert (got / "stdout").read_text() == stdout
-    if exit_code:
-        assert (got / "stderr").read_text() == "broken\n"
-        assert (got / "shards" / "0" / "exit_code").read_text().strip() == str(exit_code)
-    if output:
-        assert (got / "outputs" / output[0]).read_text() == output[1]
-    assert job["shards"][0]["node"] in {n.id for n in devstack.nodes}
+    run_scenario(name, tmp_path, image=image, network=devstack.url, node_ids={n.id for n in devstack.nodes})
 
 
 def test_a_job_whose_image_does_not_exist_fails_and_says_why(image, devstack, tmp_path):

@@ -2,29 +2,15 @@
 
 import pytest
 from cli_helpers import bflow, write_spec
-from scenarios import LINES, SCENARIOS  # the table, shared with the other executors and sources
+from scenarios import (  # the table, shared with the other executors and sources
+    SCENARIOS,
+    run_scenario,
+)
 
 
 @pytest.mark.parametrize("name", SCENARIOS)
 def test_scenario(name, devstack, tmp_path):
-    transform, exit_code, stdout, output = SCENARIOS[name]
-    (tmp_path / "in").mkdir()
-    (tmp_path / "in" / "fruit.txt").write_text(LINES)
-    spec = write_spec(tmp_path, f"pipeline: scenario\ninput: {{url: in, glob: '/fruit.txt'}}\ntransform:\n  {transform}\n")
-    r = bflow("run", spec, "--network", devstack.url, "--json", "--reprocess")  # the same job ran on the other transport
-    job = r.json()
-    assert job["shards"][0]["exit_code"] == exit_code, r.stderr
-    assert job["shards"][0]["state"] == ("completed" if exit_code == 0 else "failed")  # ran, not reused
-    assert r.code == (0 if exit_code == 0 else 1)
-    got = tmp_path / "got"
-    assert bflow("get", job["id"], "-o", got).code == 0
-    assert (got / "stdout").read_text() == stdout
-    if exit_code:
-        assert (got / "stderr").read_text() == "broken\n"
-        assert (got / "shards" / "0" / "exit_code").read_text().strip() == str(exit_code)
-    if output:
-        assert (got / "outputs" / output[0]).read_text() == output[1]
-    assert job["shards"][0]["node"] in {n.id for n in devstack.nodes}
+    run_scenario(name, tmp_path, network=devstack.url, node_ids={n.id for n in devstack.nodes})
 
 
 def test_100_datums_in_batches_of_10_spread_over_the_nodes(devstack, tmp_path):
