@@ -5,7 +5,6 @@ every block's hash)."""
 import asyncio
 import hashlib
 import os
-import threading
 import urllib.error
 import urllib.request
 
@@ -14,6 +13,7 @@ from ipfsspec.car import read_car
 
 from bacalhau_flow.storage import ContentStore, unixfs
 from bacalhau_flow.storage.gateway import Gateway
+from bacalhau_flow.testing.gateway import gateway_in_thread
 
 BIG = 3 * 2**20 + 12345  # 13 leaves of 256 KiB and a partial one: a multi-block file
 
@@ -28,15 +28,8 @@ def served(tmp_path_factory):
     (src / "sub" / "deeper" / "c.csv").write_text("x,y\n1,2\n")
     store = ContentStore(tmp / "store")
     root = store.put_tree(src)
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    gateway = Gateway(store)
-    url = asyncio.run_coroutine_threadsafe(gateway.start(), loop).result(10)
-    yield {"url": url, "root": root, "src": src, "store": store}
-    asyncio.run_coroutine_threadsafe(gateway.stop(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(5)
+    with gateway_in_thread(store) as url:
+        yield {"url": url, "root": root, "src": src, "store": store}
 
 
 def fetch(url, method="GET", headers=None, redirect=True):

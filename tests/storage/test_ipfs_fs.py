@@ -17,6 +17,7 @@ from bacalhau_flow.plan.inputs import open_input
 from bacalhau_flow.storage import ContentStore, bytes_cid
 from bacalhau_flow.storage.gateway import Gateway
 from bacalhau_flow.storage.ipfs_fs import IPFSFileSystem, _check
+from bacalhau_flow.testing.gateway import gateway_in_thread
 
 UNKNOWN = "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"  # in no store here
 
@@ -32,14 +33,8 @@ def remote(tmp_path_factory):
     (src / "big.bin").write_bytes(os.urandom(600_000))
     store = ContentStore(tmp / "store")
     root = store.put_tree(src)
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    gateway = Gateway(store)
-    url = asyncio.run_coroutine_threadsafe(gateway.start(), loop).result(10)
-    yield {"url": url, "root": root, "src": src, "store": store}
-    asyncio.run_coroutine_threadsafe(gateway.stop(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
+    with gateway_in_thread(store) as url:
+        yield {"url": url, "root": root, "src": src, "store": store}
 
 
 @pytest.fixture

@@ -9,8 +9,7 @@ import pytest
 from multiformats import CID
 
 from bacalhau_flow.errors import ContentError
-from bacalhau_flow.storage import ContentStore, Entry, bytes_cid, tree_cid
-from bacalhau_flow.storage import unixfs
+from bacalhau_flow.storage import ContentStore, Entry, bytes_cid, tree_cid, unixfs
 
 CHUNK = unixfs.CHUNK_SIZE
 HELLO_WORLD = "bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e"
