@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("BFLOW_HOME", tempfile.mkdtemp(prefix="bflow-bench-"))
 
-import bacalhau_flow.plan  # noqa: E402,F401  registers ipfs://
+import bacalhau_flow.plan.inputs  # noqa: E402,F401  registers ipfs://
 from bacalhau_flow.network.devstack import Devstack  # noqa: E402
 from bacalhau_flow.storage.ipfs_fs import IPFSFileSystem  # noqa: E402
 

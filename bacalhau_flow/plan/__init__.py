@@ -10,13 +10,6 @@ __all__ = [
     "MatchedDatum", "plan_datums", "plan_matches",
 ]
 
-# ipfs:// reads this machine's content store first, then IPFS gateways through ipfsspec
-# (storage/ipfs_fs.py). Registered here, before any input is opened, so planning and staging
-# both use it; the class is imported on first use.
-import fsspec as _fsspec  # noqa: E402  (~20 ms on top of what a bflow command already loads)
-
-_fsspec.register_implementation("ipfs", "bacalhau_flow.storage.ipfs_fs.IPFSFileSystem", clobber=True)
-
 # The listing modules are imported only when one of these names is used.
 _LAZY = {
     "Entry": "inputs", "InputRoot": "inputs", "open_input": "inputs",

@@ -47,11 +47,17 @@ import stat
 from typing import Any, NamedTuple
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
+import fsspec
 from fsspec.core import split_protocol, url_to_fs
 
 from ..errors import InputNotFound, InputUnreachable, PlanError
 from .retries import SELF_RETRYING, _call_async, attempts_for, with_retries
 from .retries import reason as _reason
+
+# ipfs:// reads this machine's content store first, then IPFS gateways through ipfsspec
+# (storage/ipfs_fs.py). Registered where inputs are opened, so planning, staging and content
+# keys all use it, and commands that open no input do not import fsspec for it.
+fsspec.register_implementation("ipfs", "bacalhau_flow.storage.ipfs_fs.IPFSFileSystem", clobber=True)
 
 __all__ = ["Entry", "InputRoot", "open_input"]
 

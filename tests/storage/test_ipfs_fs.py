@@ -11,7 +11,7 @@ import time
 import fsspec
 import pytest
 
-import bacalhau_flow.plan  # noqa: F401  registers ipfs://
+import bacalhau_flow.plan.inputs  # noqa: F401  registers ipfs://
 from bacalhau_flow.errors import ContentError, InputNotFound, InputUnreachable
 from bacalhau_flow.plan.inputs import open_input
 from bacalhau_flow.storage import ContentStore, bytes_cid
