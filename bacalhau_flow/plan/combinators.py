@@ -137,9 +137,9 @@ def plan_input_tree(node: Node, open_root: OpenRoot | None = None) -> list[Datum
         from .datums import plan_datums
 
         return plan_datums(node.name, open_root(node.url), node.glob, node.exclude)
-    from .datums import _gc_paused  # planning builds ~10^5 long-lived objects: see there
+    from .datums import gc_paused  # planning builds ~10^5 long-lived objects: see there
 
-    with _gc_paused():
+    with gc_paused():
         return [Datum(mounts) for mounts in _combine(node, open_root)]
 
 

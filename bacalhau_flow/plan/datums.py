@@ -52,19 +52,19 @@ def plan_datums(input_name: str, root: InputRoot, glob: str, exclude: Sequence[s
     A bad glob or exclude pattern raises ValueError; listing errors are PlanErrors.
     """
     single = Datum.single
-    with _gc_paused():
+    with gc_paused():
         return [single(input_name, path) for path, _, _ in _plan(root, glob, exclude)]
 
 
 def plan_matches(input_name: str, root: InputRoot, glob: str,
                  exclude: Sequence[str] = ()) -> list[MatchedDatum]:
     """Like `plan_datums`, with each datum's kind and capture groups."""
-    with _gc_paused():
+    with gc_paused():
         return [MatchedDatum(input_name, path, is_dir, caps) for path, is_dir, caps in _plan(root, glob, exclude)]
 
 
 @contextmanager
-def _gc_paused() -> Iterator[None]:
+def gc_paused() -> Iterator[None]:
     """Pause the cyclic garbage collector while planning builds ~10^5 objects that stay alive.
 
     Planning creates no reference cycles; without this the collector rescans the growing
