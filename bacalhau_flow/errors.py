@@ -114,3 +114,20 @@ class JobCancelled(BflowError):
 
 class NoNodeCanRun(BflowError):
     """No node in the network could ever run a shard (too large, no matching labels or executor)."""
+
+
+class JobStoreDamaged(BflowError):
+    """The job store's database file ($BFLOW_HOME/jobs.sqlite) is damaged: not a database, or
+    malformed. The message names the file; the hint says how to start anew or recover it."""
+
+    exit_code = 2
+
+
+class JobFailed(BflowError):
+    """A job run through the Python API (bacalhau_flow.api.run) did not complete: `job` is its
+    record (of several pipelines, the first that did not complete), `jobs` every record."""
+
+    def __init__(self, message: str, *, job, jobs: list, hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.job = job
+        self.jobs = jobs

@@ -12,11 +12,13 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..errors import JobNotFound
+from ..errors import BflowError, JobNotFound, JobStoreDamaged
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -127,83 +129,130 @@ def new_job_id() -> str:
 
 
 class JobStore:
-    """Thread-safe: one connection, one lock. WAL, so other processes can read while a job runs."""
+    """Thread-safe: one connection, one lock. WAL, so other processes can read while a job runs.
+
+    Every write is one transaction (`_write`): it commits whole or, when a statement fails,
+    rolls back, so a failed write never leaves the database locked. A damaged database file
+    raises JobStoreDamaged, on open or on any later read or write."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30, isolation_level=None)
         self._db.row_factory = sqlite3.Row
-        self._lock = threading.RLock()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(SCHEMA)
-            # Columns added after the first release: a store made before them gets them here.
-            self._add_column("jobs", "published", "TEXT")  # output.publish
-            self._add_column("jobs", "upstreams", "TEXT")  # pipeline:// inputs, JSON (flow/dag.py)
-            self._add_column("jobs", "transform_key", "TEXT")  # reprocess / rerun (jobs/content_key.py)
-            self._add_column("shards", "content_key", "TEXT")
-            self._add_column("shards", "reused_from", "TEXT")  # the job whose result a skipped shard reuses
-            self._db.execute("CREATE INDEX IF NOT EXISTS shards_content_key ON shards (content_key)")
+        try:
+            with self._guard():
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+            with self._write() as db:
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                # Columns added after the first release: a store made before them gets them here.
+                self._add_column("jobs", "published", "TEXT")  # output.publish
+                self._add_column("jobs", "upstreams", "TEXT")  # pipeline:// inputs, JSON (flow/dag.py)
+                self._add_column("jobs", "transform_key", "TEXT")  # reprocess / rerun (jobs/content_key.py)
+                self._add_column("shards", "content_key", "TEXT")
+                self._add_column("shards", "reused_from", "TEXT")  # the job whose result a skipped shard reuses
+                db.execute("CREATE INDEX IF NOT EXISTS shards_content_key ON shards (content_key)")
+        except BaseException:
+            self._db.close()
+            raise
 
     def _add_column(self, table: str, column: str, kind: str) -> None:
+        """Inside `_write`, whose write lock keeps another process from adding it meanwhile."""
         columns = {row["name"] for row in self._db.execute(f"PRAGMA table_info({table})")}
         if column not in columns:
-            try:
-                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-            except sqlite3.OperationalError as e:  # another process added it just now
-                if "duplicate column" not in str(e):
-                    raise
+            self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
-    def _exec(self, sql: str, args=()) -> sqlite3.Cursor:
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Hold the lock; a damaged file ("file is not a database", "disk image is malformed": exactly
+        sqlite3.DatabaseError, none of its subclasses such as OperationalError) is JobStoreDamaged."""
         with self._lock:
-            return self._db.execute(sql, args)
+            try:
+                yield
+            except sqlite3.DatabaseError as e:
+                if type(e) is not sqlite3.DatabaseError:
+                    raise
+                raise JobStoreDamaged(
+                    f"the job store {self.path} is damaged: {e}",
+                    hint=f"move it aside (mv {self.path} {self.path}.damaged) to start a new job history; "
+                         f"`sqlite3 {self.path}.damaged .recover` may save the old one",
+                ) from None
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT) under the lock; on any exception
+        it rolls back and re-raises, so the connection and the database are never left locked."""
+        with self._guard():
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                with suppress(sqlite3.Error):  # the error being raised says more than this one
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                raise
+
+    def _rows(self, sql: str, args=()) -> list[sqlite3.Row]:
+        with self._guard():
+            return self._db.execute(sql, args).fetchall()
+
+    def _one(self, sql: str, args=()) -> sqlite3.Row | None:
+        rows = self._rows(sql, args)
+        return rows[0] if rows else None
 
     # -- writing ----------------------------------------------------------------
     def create_job(self, pipeline: str, shards: list[tuple[int, str, list]], *, spec_file: str | None = None,
                    conflict: str = "error", job_id: str | None = None, transform_key: str | None = None,
                    content_keys: list[str | None] | None = None) -> JobRecord:
         """Record a new queued job and its shards; `content_keys[i]` is shard i's content key
-        (jobs/content_key.py), None where it could not be computed (such a shard is never reused)."""
+        (jobs/content_key.py), None where it could not be computed (such a shard is never reused).
+        Raises BflowError when a job `job_id` exists already (nothing is written then)."""
         job_id = job_id or new_job_id()
         keys = content_keys if content_keys is not None else [None] * len(shards)
         now = time.time()
-        with self._lock:
-            self._db.execute("BEGIN")
-            self._db.execute(
-                "INSERT INTO jobs (id, pipeline, spec_file, state, created, shard_count, conflict, transform_key)"
-                " VALUES (?,?,?,?,?,?,?,?)",
-                (job_id, pipeline, spec_file, "queued", now, len(shards), conflict, transform_key),
-            )
-            self._db.executemany(
+        with self._write() as db:
+            try:
+                db.execute(
+                    "INSERT INTO jobs (id, pipeline, spec_file, state, created, shard_count, conflict, transform_key)"
+                    " VALUES (?,?,?,?,?,?,?,?)",
+                    (job_id, pipeline, spec_file, "queued", now, len(shards), conflict, transform_key),
+                )
+            except sqlite3.IntegrityError:
+                raise BflowError(f"job id {job_id} exists already",
+                                 hint="leave the job id out to get a new one") from None
+            db.executemany(
                 "INSERT INTO shards (job_id, idx, id, state, datums, content_key) VALUES (?,?,?,?,?,?)",
                 [(job_id, idx, sid, "queued", json.dumps(datums), key)
                  for (idx, sid, datums), key in zip(shards, keys)],
             )
-            self._db.execute("COMMIT")
         return self.get(job_id)
 
     def set_job(self, job_id: str, **fields) -> None:
         if "state" in fields and fields["state"] in TERMINAL:
             fields.setdefault("ended", time.time())
         cols = ", ".join(f"{k} = ?" for k in fields)
-        self._exec(f"UPDATE jobs SET {cols} WHERE id = ?", (*fields.values(), job_id))
+        with self._write() as db:
+            db.execute(f"UPDATE jobs SET {cols} WHERE id = ?", (*fields.values(), job_id))
 
     def start_attempt(self, job_id: str, index: int, node: str | None = None) -> int:
         """Mark a shard running and return the number of its new attempt."""
-        with self._lock:
-            row = self._db.execute("SELECT attempts FROM shards WHERE job_id=? AND idx=?", (job_id, index)).fetchone()
+        with self._write() as db:
+            row = db.execute("SELECT attempts FROM shards WHERE job_id=? AND idx=?", (job_id, index)).fetchone()
             attempt = row["attempts"] + 1
-            self._db.execute(
+            db.execute(
                 "UPDATE shards SET state='running', attempts=?, node=? WHERE job_id=? AND idx=?",
                 (attempt, node, job_id, index),
             )
-            self._db.execute(
+            db.execute(
                 "INSERT OR REPLACE INTO attempts (job_id, idx, attempt, node, state, started) VALUES (?,?,?,?,?,?)",
                 (job_id, index, attempt, node, "running", time.time()),
             )
@@ -211,38 +260,36 @@ class JobStore:
 
     def assign_node(self, job_id: str, index: int, attempt: int, node: str) -> None:
         """Record which node accepted a running attempt."""
-        with self._lock:
-            self._db.execute("UPDATE shards SET node=? WHERE job_id=? AND idx=?", (node, job_id, index))
-            self._db.execute("UPDATE attempts SET node=? WHERE job_id=? AND idx=? AND attempt=?",
-                             (node, job_id, index, attempt))
+        with self._write() as db:
+            db.execute("UPDATE shards SET node=? WHERE job_id=? AND idx=?", (node, job_id, index))
+            db.execute("UPDATE attempts SET node=? WHERE job_id=? AND idx=? AND attempt=?",
+                       (node, job_id, index, attempt))
 
     def finish_attempt(self, job_id: str, index: int, attempt: int, *, state: str, node: str | None,
                        exit_code: int | None, cid: str | None, stdout_cid: str | None,
                        stderr_cid: str | None, error: str | None, started: float | None = None,
                        ended: float | None = None, final: bool = True) -> None:
         """Record how one attempt ended; with `final`, the shard takes that state too."""
-        with self._lock:
-            self._db.execute("BEGIN")
-            self._db.execute(
+        with self._write() as db:
+            db.execute(
                 "INSERT OR REPLACE INTO attempts (job_id, idx, attempt, node, state, exit_code, cid, stdout_cid,"
                 " stderr_cid, error, started, ended) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (job_id, index, attempt, node, state, exit_code, cid, stdout_cid, stderr_cid, error,
                  started, ended or time.time()),
             )
-            self._db.execute(
+            db.execute(
                 "UPDATE shards SET state=?, node=?, exit_code=?, cid=?, stdout_cid=?, stderr_cid=?, error=?"
                 " WHERE job_id=? AND idx=?",
                 (state if final else "queued", node, exit_code, cid, stdout_cid, stderr_cid, error, job_id, index),
             )
-            self._db.execute("COMMIT")
 
     def cancel_unfinished_shards(self, job_id: str) -> None:
-        with self._lock:
-            self._db.execute(
+        with self._write() as db:
+            db.execute(
                 "UPDATE attempts SET state='cancelled', ended=? WHERE job_id=? AND state='running'",
                 (time.time(), job_id),
             )
-            self._db.execute(
+            db.execute(
                 "UPDATE shards SET state='cancelled' WHERE job_id=? AND state IN ('queued','running')", (job_id,)
             )
 
@@ -255,12 +302,12 @@ class JobStore:
         wanted = sorted({k for k in keys if k})
         for start in range(0, len(wanted), 500):
             chunk = wanted[start:start + 500]
-            rows = self._exec(
+            rows = self._rows(
                 "SELECT s.*, j.created AS job_created FROM shards s JOIN jobs j ON j.id = s.job_id"
                 f" WHERE s.content_key IN ({','.join('?' * len(chunk))}) AND j.pipeline = ? AND j.id != ?"
                 " AND s.state IN ('completed', 'skipped') AND s.cid IS NOT NULL ORDER BY j.created DESC",
                 (*chunk, pipeline, exclude_job or ""),
-            ).fetchall()
+            )
             for r in rows:
                 if r["content_key"] not in found:
                     found[r["content_key"]] = ShardRecord(
@@ -272,49 +319,43 @@ class JobStore:
 
     def mark_skipped(self, job_id: str, reused: dict[int, ShardRecord]) -> None:
         """Shards of `job_id` (by index) take the result of an earlier run and the state skipped."""
-        with self._lock:
-            self._db.execute("BEGIN")
-            self._db.executemany(
+        with self._write() as db:
+            db.executemany(
                 "UPDATE shards SET state='skipped', node=?, attempts=0, exit_code=?, cid=?, stdout_cid=?,"
                 " stderr_cid=?, error=NULL, reused_from=? WHERE job_id=? AND idx=?",
                 [(r.node, r.exit_code, r.cid, r.stdout_cid, r.stderr_cid, r.reused_from, job_id, index)
                  for index, r in reused.items()],
             )
-            self._db.execute("COMMIT")
 
     def requeue_shards(self, job_id: str, keys: dict[int, str | None]) -> None:
         """Shards about to run again (`bflow rerun`): queued, with the content key they run with
         now; their earlier attempts stay recorded."""
-        with self._lock:
-            self._db.execute("BEGIN")
-            self._db.executemany(
+        with self._write() as db:
+            db.executemany(
                 "UPDATE shards SET state='queued', error=NULL, reused_from=NULL, content_key=? WHERE job_id=? AND idx=?",
                 [(key, job_id, index) for index, key in keys.items()],
             )
-            self._db.execute("UPDATE jobs SET state='queued', ended=NULL, error=NULL WHERE id=?", (job_id,))
-            self._db.execute("COMMIT")
+            db.execute("UPDATE jobs SET state='queued', ended=NULL, error=NULL WHERE id=?", (job_id,))
 
     def cached_file_cids(self, directory: str) -> dict[str, tuple]:
         """The cached CIDs of local files under `directory`: path -> (size, mtime_ns, ctime_ns,
         ino, cid, checked_ns)."""
         low = directory.rstrip("/") + "/"
-        rows = self._exec("SELECT * FROM file_cids WHERE path >= ? AND path < ?", (low, low[:-1] + "0")).fetchall()
+        rows = self._rows("SELECT * FROM file_cids WHERE path >= ? AND path < ?", (low, low[:-1] + "0"))
         return {r["path"]: (r["size"], r["mtime_ns"], r["ctime_ns"], r["ino"], r["cid"], r["checked_ns"])
                 for r in rows}
 
     def cache_file_cids(self, rows: list[tuple]) -> None:
         """Remember (path, size, mtime_ns, ctime_ns, ino, cid, checked_ns) rows."""
         if rows:
-            with self._lock:
-                self._db.execute("BEGIN")
-                self._db.executemany("INSERT OR REPLACE INTO file_cids VALUES (?,?,?,?,?,?,?)", rows)
-                self._db.execute("COMMIT")
+            with self._write() as db:
+                db.executemany("INSERT OR REPLACE INTO file_cids VALUES (?,?,?,?,?,?,?)", rows)
 
     # -- reading ----------------------------------------------------------------
     def resolve(self, prefix: str) -> str:
         """The one job id starting with `prefix`. Raises JobNotFound for none or several."""
-        rows = self._exec("SELECT id FROM jobs WHERE id LIKE ? ORDER BY created LIMIT 3",
-                          (prefix.replace("%", "") + "%",)).fetchall()
+        rows = self._rows("SELECT id FROM jobs WHERE id LIKE ? ORDER BY created LIMIT 3",
+                          (prefix.replace("%", "") + "%",))
         if not rows:
             raise JobNotFound(f"no job matches {prefix!r}", hint="`bflow list` shows the jobs")
         if len(rows) > 1:
@@ -323,14 +364,14 @@ class JobStore:
 
     def get(self, prefix: str, with_shards: bool = True) -> JobRecord:
         job_id = self.resolve(prefix)
-        row = self._exec("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+        row = self._one("SELECT * FROM jobs WHERE id=?", (job_id,))
         job = _job(row)
         if with_shards:
             job.shards = self.shards(job_id)
         return job
 
     def shards(self, job_id: str) -> list[ShardRecord]:
-        rows = self._exec("SELECT * FROM shards WHERE job_id=? ORDER BY idx", (job_id,)).fetchall()
+        rows = self._rows("SELECT * FROM shards WHERE job_id=? ORDER BY idx", (job_id,))
         return [
             ShardRecord(index=r["idx"], id=r["id"], state=r["state"], datums=json.loads(r["datums"]),
                         node=r["node"], attempts=r["attempts"], exit_code=r["exit_code"], cid=r["cid"],
@@ -340,20 +381,20 @@ class JobStore:
         ]
 
     def attempts(self, job_id: str, index: int) -> list[dict]:
-        rows = self._exec("SELECT * FROM attempts WHERE job_id=? AND idx=? ORDER BY attempt", (job_id, index))
-        return [dict(r) for r in rows.fetchall()]
+        rows = self._rows("SELECT * FROM attempts WHERE job_id=? AND idx=? ORDER BY attempt", (job_id, index))
+        return [dict(r) for r in rows]
 
     def latest_job(self, pipeline: str, state: str | None = None, before: float | None = None) -> JobRecord | None:
         """The newest job of `pipeline` (in `state`, created before `before`, when given), without
         its shards; or None."""
-        row = self._exec("SELECT * FROM jobs WHERE pipeline=? AND (? IS NULL OR state=?) AND (? IS NULL OR created<?)"
-                         " ORDER BY created DESC LIMIT 1", (pipeline, state, state, before, before)).fetchone()
+        row = self._one("SELECT * FROM jobs WHERE pipeline=? AND (? IS NULL OR state=?) AND (? IS NULL OR created<?)"
+                        " ORDER BY created DESC LIMIT 1", (pipeline, state, state, before, before))
         return _job(row) if row is not None else None
 
     def list_jobs(self, limit: int = 100) -> list[JobRecord]:
-        rows = self._exec(
+        rows = self._rows(
             "SELECT j.*, (SELECT COUNT(*) FROM shards s WHERE s.job_id = j.id AND s.state = 'skipped') AS reused"
-            " FROM jobs j ORDER BY created DESC LIMIT ?", (limit,)).fetchall()
+            " FROM jobs j ORDER BY created DESC LIMIT ?", (limit,))
         jobs = [_job(r) for r in rows]
         for job, row in zip(jobs, rows):
             job.reused = row["reused"]

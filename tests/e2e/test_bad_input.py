@@ -164,3 +164,16 @@ def test_ctrl_c_marks_the_job_cancelled_and_nothing_half_done_as_done(tmp_path):
     assert record.state == "cancelled"
     assert all(s.state == "cancelled" for s in record.shards)
     assert b"Traceback" not in stderr
+
+
+def test_a_damaged_job_store_is_one_error_naming_the_file_and_exits_2(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("BFLOW_HOME", str(home))
+    store = JobStore(jobs_db())
+    store.create_job("p", [(0, "a", [])])
+    store.close()
+    jobs_db().write_bytes(b"\x07" * jobs_db().stat().st_size)  # garbage where the history was
+    r = bflow("list")
+    assert r.code == 2, r.stdout + r.stderr
+    assert "jobs.sqlite" in r.stderr and "damaged" in r.stderr and "Traceback" not in r.stderr
+    assert "mv " in r.stderr  # the hint: how to start a new history

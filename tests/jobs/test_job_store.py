@@ -60,3 +60,67 @@ def test_terminal_states_record_when_the_job_ended(store):
     store.set_job(job.id, state="completed", cid="bafy")
     assert store.get(job.id).ended is not None
     assert store.list_jobs()[0].summary_json()["created"].endswith("+00:00")
+
+
+# -- writes never wedge the database; a damaged file says so --------------------------
+
+def test_a_duplicate_job_id_is_a_clear_error_and_the_store_stays_usable(tmp_path, store):
+    import sqlite3
+
+    from bacalhau_flow.errors import BflowError
+
+    store.create_job("p", [(0, "a", [])], job_id="j-dup")
+    with pytest.raises(BflowError, match="job id j-dup exists already"):
+        store.create_job("p", [(0, "b", [])], job_id="j-dup")
+    assert [s.id for s in store.get("j-dup").shards] == ["a"]  # the failed write left nothing behind
+    assert store.create_job("p", [], job_id="j-next").state == "queued"  # this connection still writes
+    other = JobStore(tmp_path / "jobs.sqlite")  # and another one can write at once: nothing holds the lock
+    other.create_job("p", [], job_id="j-other")
+    probe = sqlite3.connect(tmp_path / "jobs.sqlite", timeout=0.5)
+    probe.execute("BEGIN IMMEDIATE")  # "database is locked" if a transaction had stayed open
+    probe.rollback()
+    probe.close()
+    other.close()
+
+
+def test_a_write_that_fails_part_way_rolls_back_all_of_it(store):
+    job = store.create_job("p", [(0, "a", [])])
+    with pytest.raises(RuntimeError):
+        with store._write() as db:
+            db.execute("UPDATE shards SET state='running' WHERE job_id=?", (job.id,))
+            raise RuntimeError("between two statements")
+    assert store.get(job.id).shards[0].state == "queued"
+    store.set_job(job.id, state="running")  # and the next write goes through
+    assert store.get(job.id).state == "running"
+
+
+def _filled(path):
+    store = JobStore(path)
+    for i in range(100):
+        store.create_job("p", [(0, "a", [{"in": ["/x" * 40]}])], job_id=f"j-{i:03d}")
+    store.close()  # the last connection: the WAL is checkpointed into the file
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "text", "truncated"])
+def test_a_damaged_store_file_is_a_bflow_error_naming_the_file(tmp_path, damage):
+    from bacalhau_flow.errors import JobStoreDamaged
+
+    path = tmp_path / "jobs.sqlite"
+    data = _filled(path)
+    path.write_bytes({"garbage": b"\x07" * len(data), "text": b"not a database\n",
+                      "truncated": data[:len(data) // 2]}[damage])
+    with pytest.raises(JobStoreDamaged) as caught:
+        JobStore(path)
+    assert str(path) in str(caught.value) and "mv " in caught.value.hint and caught.value.exit_code == 2
+
+
+def test_damage_found_after_open_is_a_bflow_error_too(tmp_path):
+    from bacalhau_flow.errors import JobStoreDamaged
+
+    path = tmp_path / "jobs.sqlite"
+    data = _filled(path)
+    path.write_bytes(data[:4096] + b"\x07" * (len(data) - 4096))  # the header and schema page intact
+    store = JobStore(path)
+    with pytest.raises(JobStoreDamaged, match="malformed"):
+        store.list_jobs()
