@@ -19,9 +19,9 @@ from pathlib import Path
 
 os.environ.setdefault("BFLOW_HOME", tempfile.mkdtemp(prefix="bflow-bench-"))
 sys.path.insert(0, str(Path(__file__).parent))
-from bacalhau_flow.home import configure_prefect  # noqa: E402
+from bacalhau_flow.flow.prefect_api import use_prefect  # noqa: E402
 
-configure_prefect()
+use_prefect()
 
 from overhead_bench import prefect, settle  # noqa: E402
 

@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("BFLOW_HOME", tempfile.mkdtemp(prefix="bflow-bench-"))
-from bacalhau_flow.home import configure_prefect  # noqa: E402
+from bacalhau_flow.flow.prefect_api import use_prefect  # noqa: E402
 
-configure_prefect()
+use_prefect()
 
 from prefect import flow, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402

@@ -22,13 +22,15 @@ from .. import __version__
 from ..errors import BflowError
 from . import network as network_cli
 from . import render
+from . import server as server_cli
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Compute over data: YAML pipelines, sharded by glob, run as Prefect flows on compute nodes.")
 
 
-def command(name: str | None = None):
-    """Register a command whose BflowErrors become a message and an exit status."""
+def command(name: str | None = None, on: typer.Typer | None = None):
+    """Register a command (on `app`, or the sub-command group `on`) whose BflowErrors become a
+    message and an exit status."""
 
     def register(fn):
         @wraps(fn)
@@ -42,7 +44,7 @@ def command(name: str | None = None):
                 render.err.print("interrupted")
                 raise typer.Exit(130) from None
 
-        return app.command(name)(wrapper)
+        return (on or app).command(name)(wrapper)
 
     return register
 
@@ -364,6 +366,7 @@ def _say(line: str) -> None:
 
 
 network_cli.register(app, command)
+server_cli.register(app, command)
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import BflowError, JobCancelled
-from ..home import bflow_home, configure_prefect, jobs_db, store_root
+from ..home import bflow_home, jobs_db, store_root
 from ..jobs.store import JobRecord, JobStore, process_alive
 from ..plan.datum import Datum, Shard
 from ..storage import ContentStore
@@ -92,8 +92,10 @@ def _chosen(record: JobRecord, shards: list[int] | None) -> list[int]:
 
 
 def _rerun(record: JobRecord, pipeline, chosen: list[int], jobs: JobStore, network, nodes, on_progress) -> JobRecord:
-    configure_prefect()
     from ..jobs.content_key import ContentKeys
+    from .prefect_api import use_prefect
+
+    use_prefect()
     from .compile import compile_flow
     from .job_run import JobRun
 

@@ -1,15 +1,22 @@
-"""The long-running Prefect server that `bflow serve` manages (schedules need one).
+"""The local Prefect server that every `bflow` command of one $BFLOW_HOME shares.
 
-Its state lives under `$BFLOW_HOME/prefect-server/`: the SQLite database, Prefect's home
-and `server.json` ({"url", "pid"}) while it runs, so `bflow deploy` can find it. It is a
-database of its own, apart from the one `bflow run` uses in Prefect's ephemeral mode, so a
-one-off run and a served server never write one SQLite file at the same time.
+The first command that needs Prefect starts it detached (`prefect server start` in a session
+of its own, so it outlives that command) and every later command connects to it: a warm
+`bflow run` pays a connection, not a server start. `bflow server start|stop|status` manage it
+by hand. Its state lives under `$BFLOW_HOME/prefect-server/`: the SQLite database, Prefect's
+home, the UI's static files, `server.log`, and `server.json` ({"api_url", "ui_url", "pid",
+"port", "prefect_version"}) while it runs.
 
-Nothing here imports Prefect: the server is a child process (`prefect server start`).
+A recorded server is used only when its pid is alive, its API answers and it runs this
+Prefect version; otherwise it is replaced, and one line says why. Starting holds a lock
+(`start.lock`), so two commands starting at once start one server.
+
+Nothing here imports Prefect: the server is a child process, and the checks are plain HTTP.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -19,15 +26,33 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from importlib.metadata import version as package_version
 from pathlib import Path
 
 from ..errors import BflowError
 from ..home import bflow_home
 
+START_TIMEOUT = 180.0  # seconds; a cold start here takes 10-20 s on 2 busy cores
+PORT_VARIABLE = "BFLOW_PREFECT_PORT"  # a fixed port for the managed server (default: a free one)
+
 
 class ServerError(BflowError):
     """The Prefect server could not be started, or cannot be reached."""
+
+
+@dataclass
+class ServerInfo:
+    api_url: str
+    ui_url: str
+    pid: int
+    port: int
+    prefect_version: str
+
+    def to_json(self) -> dict:
+        return asdict(self)
 
 
 def server_home() -> Path:
@@ -38,23 +63,119 @@ def _state_file() -> Path:
     return server_home() / "server.json"
 
 
+def prefect_version() -> str:
+    return package_version("prefect")
+
+
 def healthy(url: str, timeout: float = 2.0) -> bool:
     """Whether a Prefect API answers at `url` (…/api)."""
+    return _get(url.rstrip("/") + "/health", timeout) is not None
+
+
+def _get(url: str, timeout: float) -> bytes | None:
     try:
-        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=timeout) as response:
-            return response.status == 200
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.read() if response.status == 200 else None
     except (urllib.error.URLError, OSError, ValueError):
-        return False
-
-
-def running_server_url() -> str | None:
-    """The API url of the server a `bflow serve` of this $BFLOW_HOME runs, if it answers."""
-    try:
-        state = json.loads(_state_file().read_text())
-    except (OSError, ValueError):
         return None
-    url = state.get("url")
-    return url if url and healthy(url) else None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def _is_prefect_server(pid: int) -> bool:
+    """Whether `pid` is a `prefect server start` (so a reused pid is never killed)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"server" in cmdline and any(b"prefect" in part for part in cmdline)
+
+
+def _read_state() -> ServerInfo | None:
+    try:
+        return ServerInfo(**json.loads(_state_file().read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _why_not_usable(info: ServerInfo) -> str | None:
+    """None when the recorded server can be used, else why not (said to the user)."""
+    if not _pid_alive(info.pid):
+        return f"its process {info.pid} is gone"
+    answer = _get(info.api_url.rstrip("/") + "/admin/version", timeout=5.0)
+    if answer is None:
+        return f"it does not answer at {info.api_url}"
+    running = answer.decode(errors="replace").strip().strip('"')
+    if running != prefect_version():
+        return f"it runs Prefect {running}, this bflow uses {prefect_version()}"
+    return None
+
+
+def status() -> ServerInfo | None:
+    """The managed server of this $BFLOW_HOME when it runs and can be used, else None."""
+    info = _read_state()
+    return info if info is not None and _why_not_usable(info) is None else None
+
+
+def ensure_server(echo: Callable[[str], None] | None = None, port: int | None = None) -> ServerInfo:
+    """The managed server, started (detached) when none runs or the recorded one cannot be
+    used. `echo` gets one line for what is done ("starting Prefect server ...", "replacing
+    ..."). Raises ServerError when it cannot be started."""
+    say = echo or (lambda line: None)
+    with _start_lock():
+        info = _read_state()
+        if info is not None:
+            why = _why_not_usable(info)
+            if why is None:
+                return info
+            say(f"replacing the Prefect server of {server_home()}: {why}")
+            _terminate(info)
+        return _start(say, port or _configured_port())
+
+
+def stop_server(timeout: float = 20.0) -> ServerInfo | None:
+    """Stop the managed server (SIGTERM, then SIGKILL after `timeout` s) and forget it.
+    Returns what was stopped, or None when nothing was recorded."""
+    with _start_lock():
+        info = _read_state()
+        if info is None:
+            return None
+        _terminate(info, timeout)
+        return info
+
+
+def _configured_port() -> int | None:
+    value = os.environ.get(PORT_VARIABLE)
+    if not value:
+        return None
+    try:
+        port = int(value)
+    except ValueError:
+        raise ServerError(f"{PORT_VARIABLE}={value!r} is not a port number",
+                          hint=f"set {PORT_VARIABLE} to a port such as 4200, or unset it for a free one") from None
+    if not 0 < port < 65536:
+        raise ServerError(f"{PORT_VARIABLE}={port} is not a port number", hint="ports run from 1 to 65535")
+    return port
+
+
+@contextmanager
+def _start_lock() -> Iterator[None]:
+    home = server_home()
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / "start.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _free_port() -> int:
@@ -63,74 +184,101 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@dataclass
-class PrefectServer:
-    """A `prefect server start` child process on a free local port."""
+def _port_taken(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
 
-    url: str
-    process: subprocess.Popen
-    log: Path
 
-    @classmethod
-    def start(cls, timeout: float = 120.0, scheduler_loop_seconds: float = 5.0) -> PrefectServer:
-        """Start a server with its SQLite database under `server_home()`; wait until it answers.
-        Raises ServerError when it exits or does not answer within `timeout` seconds."""
-        home = server_home()
-        home.mkdir(parents=True, exist_ok=True)
-        port = _free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-        env.update({
-            "PREFECT_HOME": str(home),
-            "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PREFECT_SERVER_UI_ENABLED": "false",
-            "PREFECT_LOGGING_LEVEL": "WARNING",
-            # Prefect's scheduler looks for deployments that need runs every 60 s by default;
-            # short intervals need it to look more often, or they run dry between looks.
-            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": str(scheduler_loop_seconds),
-            # ... and a deployment just (re)deployed gets its first runs within ~2 s, not 5.
-            "PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS": "2",
-        })
-        log = home / "server.log"
-        prefect = Path(sys.executable).with_name("prefect")
-        cmd = [str(prefect)] if prefect.exists() else [sys.executable, "-m", "prefect"]
-        cmd += ["server", "start", "--host", "127.0.0.1", "--port", str(port)]
-        with open(log, "ab") as out:
-            process = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                       start_new_session=True)
-        server = cls(f"http://127.0.0.1:{port}/api", process, log)
-        deadline = time.monotonic() + timeout
-        try:
-            while not healthy(server.url, timeout=1.0):
-                if process.poll() is not None:
-                    raise ServerError(f"the Prefect server exited at start-up (status {process.returncode})",
-                                      hint=f"its log: {log}")
-                if time.monotonic() > deadline:
-                    raise ServerError(f"the Prefect server did not answer within {timeout:.0f} s",
-                                      hint=f"its log: {log}", retryable=True)
-                time.sleep(0.25)
-        except BaseException:  # also Ctrl-C while waiting: leave no server behind
-            server.stop()
-            raise
-        _state_file().write_text(json.dumps({"url": server.url, "pid": process.pid}))
-        return server
+def server_environment(home: Path) -> dict[str, str]:
+    """The environment of the server process: the user's, less Prefect client settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update({
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_UI_ENABLED": "true",
+        "PREFECT_UI_STATIC_DIRECTORY": str(home / "ui"),
+        "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "WARNING"),
+        # Prefect's scheduler looks for deployments that need runs every 60 s by default;
+        # short intervals need it to look more often, or they run dry between looks.
+        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
+        # ... and a deployment just (re)deployed gets its first runs within ~2 s, not 5.
+        "PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS": "2",
+    })
+    return env
 
-    def stop(self, timeout: float = 20.0) -> None:
-        """Stop the server (SIGTERM, then SIGKILL after `timeout` s) and forget its url."""
-        try:
-            state = json.loads(_state_file().read_text())
-            if state.get("pid") == self.process.pid:
-                _state_file().unlink()
-        except (OSError, ValueError):
-            pass
-        if self.process.poll() is not None:
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+
+def _start(say: Callable[[str], None], port: int | None) -> ServerInfo:
+    home = server_home()
+    if port is not None and _port_taken(port):
+        raise ServerError(f"cannot start the Prefect server on port {port}: the port is in use",
+                          hint=f"free it, or choose another with {PORT_VARIABLE} (or `bflow server start --port`)")
+    port = port or _free_port()
+    log = home / "server.log"
+    prefect = Path(sys.executable).with_name("prefect")
+    cmd = [str(prefect)] if prefect.exists() else [sys.executable, "-m", "prefect"]
+    cmd += ["server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    say(f"starting Prefect server on 127.0.0.1:{port} (state in {home}) ...")
+    with open(log, "ab") as out:
+        process = subprocess.Popen(cmd, env=server_environment(home), stdin=subprocess.DEVNULL, stdout=out,
+                                   stderr=out, start_new_session=True, cwd=home)
+    base = f"http://127.0.0.1:{port}"
+    info = ServerInfo(api_url=f"{base}/api", ui_url=base, pid=process.pid, port=port,
+                      prefect_version=prefect_version())
+    deadline = time.monotonic() + START_TIMEOUT
+    try:
+        while not healthy(info.api_url, timeout=1.0):
+            if process.poll() is not None:
+                raise ServerError(f"the Prefect server exited at start-up (status {process.returncode})",
+                                  hint=f"its log: {log}")
+            if time.monotonic() > deadline:
+                raise ServerError(f"the Prefect server did not answer within {START_TIMEOUT:.0f} s",
+                                  hint=f"its log: {log}", retryable=True)
+            time.sleep(0.2)
+    except BaseException:  # also Ctrl-C while waiting: leave no half-started server behind
+        _terminate(info)
+        raise
+    _state_file().write_text(json.dumps(info.to_json()))
+    return info
+
+
+def _terminate(info: ServerInfo, timeout: float = 20.0) -> None:
+    """Stop the server process group of `info` (if it is still a Prefect server) and forget it."""
+    recorded = _read_state()
+    if recorded is not None and recorded.pid == info.pid:
+        _state_file().unlink(missing_ok=True)
+    if not _pid_alive(info.pid) or not _is_prefect_server(info.pid):
+        return
+    try:
+        os.killpg(info.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while _pid_alive(info.pid) and not _is_zombie(info.pid):
+        if time.monotonic() > deadline:
+            try:
+                os.killpg(info.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            break
+        time.sleep(0.1)
+    _reap(info.pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status of `pid` if it is our child (a server this process started)."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass

@@ -1,24 +1,28 @@
-"""`bflow deploy` and `bflow serve` against a real Prefect server that serve starts and stops.
+"""`bflow deploy` and `bflow serve` against the managed Prefect server of a home of their own.
 
-One scenario (a Prefect server takes ~10-20 s to start here): serve, deploy an interval
-schedule, see runs fire into the job store, redeploy an edited command, delete, Ctrl-C.
+One scenario (a Prefect server takes ~10-20 s to start here): deploy (it starts the server and
+leaves it up), serve (it uses that server; the deployments read Ready), see an interval
+schedule's runs fire into the job store, reuse, a downstream started by new output, redeploy an
+edited command, delete, Ctrl-C (serve stops, the server stays), `bflow server stop`.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import sqlite3
-import subprocess
-import sys
-import threading
 import time
 from datetime import UTC
-from pathlib import Path
 
-import pytest
 from cli_helpers import bflow
+from home_helpers import (
+    Lines,
+    api_get,
+    bflow_in,
+    bflow_started_in,
+    pid_alive,
+    server_record,
+    stop_server_of,
+    wait_until,
+)
 
 SPEC = """\
 pipeline: tick
@@ -37,39 +41,6 @@ input: {{url: "pipeline://tick"}}
 transform:
   cmd: "cat $BFLOW_INPUTS/tick/*"
 """
-
-
-def _env(home: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}  # as a user's shell
-    env["BFLOW_HOME"] = str(home)
-    return env
-
-
-def _bflow(home: Path, *args, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bacalhau_flow.cli", *map(str, args)], env=_env(home),
-                          capture_output=True, text=True, timeout=timeout, check=False)
-
-
-class Lines:
-    """The lines a process writes to stdout, read by a thread, so tests can wait for one."""
-
-    def __init__(self, process: subprocess.Popen):
-        self.lines: list[str] = []
-        self._thread = threading.Thread(target=self._read, args=(process.stdout,), daemon=True)
-        self._thread.start()
-
-    def _read(self, stream) -> None:
-        for line in stream:
-            self.lines.append(line.rstrip("\n"))
-
-    def wait_for(self, text: str, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in self.lines:
-                if text in line:
-                    return line
-            time.sleep(0.1)
-        raise AssertionError(f"no line with {text!r} within {timeout:g}s; got:\n" + "\n".join(self.lines))
 
 
 def _jobs(pipeline: str) -> list[dict]:
@@ -103,6 +74,10 @@ def _now_iso() -> str:
     return datetime.now(UTC).isoformat()
 
 
+def _deployment(api_url: str, name: str) -> dict:
+    return api_get(f"{api_url}/deployments/name/{name}")
+
+
 def test_deploy_serve_redeploy_delete_and_stop(tmp_path, monkeypatch):
     home = tmp_path / "home"
     monkeypatch.setenv("BFLOW_HOME", str(home))  # for `bflow list/logs` in this process
@@ -111,21 +86,29 @@ def test_deploy_serve_redeploy_delete_and_stop(tmp_path, monkeypatch):
     (tmp_path / "data" / "b.txt").write_text("b\n")
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC.format(word="first"))
-
-    serve = subprocess.Popen([sys.executable, "-m", "bacalhau_flow.cli", "serve"], env=_env(home),
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out = Lines(serve)
+    serve, out = None, None
     try:
-        out.wait_for("serving bflow deployments from a Prefect server started here", timeout=90)
-        server_pid = json.loads((home / "prefect-server" / "server.json").read_text())["pid"]
-
-        # Given serve runs its own server, deploy finds and uses it.
-        deployed = _bflow(home, "deploy", spec)
+        # Given no server runs, deploy starts the managed one and leaves it up.
+        deployed = bflow_in(home, "deploy", spec)
         assert deployed.returncode == 0, deployed.stderr
-        assert "of `bflow serve`" in deployed.stderr
+        assert "starting Prefect server on 127.0.0.1:" in deployed.stderr
+        assert "using the bflow Prefect server at http://127.0.0.1:" in deployed.stderr
+        assert "stopping" not in deployed.stderr
         assert "bflow-tick/tick: deployed, every 3 s (UTC)" in deployed.stdout
         assert "bflow-manual/manual: deployed, no schedule (runs only when started" in deployed.stdout
         assert "bflow-after/after: deployed, no schedule" in deployed.stdout
+        server = server_record(home)
+        assert pid_alive(server["pid"])
+        api = server["api_url"]
+        assert _deployment(api, "bflow-tick/tick")["status"] == "NOT_READY"  # nothing polls it yet
+
+        # When serve starts, it uses that server (starts none), and the deployments read Ready.
+        serve = bflow_started_in(home, "serve")
+        out = Lines(serve)
+        out.wait_for(f"serving bflow deployments from the bflow Prefect server at {api}", timeout=90)
+        assert not [line for line in out.lines if "starting Prefect server" in line]
+        for name in ("bflow-tick/tick", "bflow-manual/manual", "bflow-after/after"):
+            wait_until(lambda n=name: _deployment(api, n)["status"] == "READY", 30, f"{name} Ready")
 
         # Then the schedule fires: at least two runs, each a completed job in `bflow list`.
         first = _wait_jobs("tick", 2, timeout=40)
@@ -150,14 +133,15 @@ def test_deploy_serve_redeploy_delete_and_stop(tmp_path, monkeypatch):
         # When the command is edited and redeployed, the next run uses the new command.
         spec.write_text(SPEC.format(word="second"))
         after = _now_iso()  # runs re-read the spec: every job created from now on has the new command
-        redeployed = _bflow(home, "deploy", spec)
+        redeployed = bflow_in(home, "deploy", spec)
         assert "bflow-tick/tick: updated, every 3 s (UTC)" in redeployed.stdout, redeployed.stderr
+        assert "starting Prefect server" not in redeployed.stderr
         newer = _wait_jobs("tick", 1, timeout=30, after=after)
         assert bflow("logs", newer[-1]["id"]).stdout == "second\nsecond\n"
         assert _reused(newer[-1]["id"]) == 0  # a changed command runs every shard
 
         # --delete removes both deployments; no tick run starts after that.
-        deleted = _bflow(home, "deploy", "--delete", spec)
+        deleted = bflow_in(home, "deploy", "--delete", spec)
         assert "bflow-tick/tick: deleted" in deleted.stdout and "bflow-manual/manual: deleted" in deleted.stdout
         assert "bflow-after/after: deleted" in deleted.stdout
         time.sleep(2)  # a run already claimed may still finish
@@ -166,35 +150,25 @@ def test_deploy_serve_redeploy_delete_and_stop(tmp_path, monkeypatch):
         assert len(_jobs("tick")) == count
         assert not _jobs("manual")  # never scheduled, never run
 
-        # Ctrl-C stops serve and the server it started.
+        # Ctrl-C stops serve; the server stays up, and its database keeps every run.
         serve.send_signal(signal.SIGINT)
         assert serve.wait(timeout=40) == 0
         out.wait_for("stopped", timeout=5)
-        with pytest.raises(ProcessLookupError):
-            os.kill(server_pid, 0)
+        assert pid_alive(server["pid"]) and server_record(home)["pid"] == server["pid"]
+        assert api_get(f"{api}/health") is True
+
+        # `bflow server stop` stops it.
+        stopped = bflow_in(home, "server", "stop")
+        assert stopped.returncode == 0 and f"pid {server['pid']}" in stopped.stderr, stopped.stderr
+        wait_until(lambda: not pid_alive(server["pid"]), 10, "the server's process gone")
         assert not (home / "prefect-server" / "server.json").exists()
     finally:
-        print("bflow serve wrote:", *out.lines, sep="\n")  # shown when the test fails
-        if serve.poll() is None:
+        if out is not None:
+            print("bflow serve wrote:", *out.lines, sep="\n")  # shown when the test fails
+        if serve is not None and serve.poll() is None:
             serve.kill()
             serve.wait()
-
-
-def test_deploy_without_serve_starts_a_server_for_the_deploy_only(tmp_path):
-    home = tmp_path / "home"
-    (tmp_path / "data").mkdir()
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(SPEC.format(word="x"))
-    result = _bflow(home, "deploy", spec)
-    assert result.returncode == 0, result.stderr
-    assert "starting a Prefect server" in result.stderr and "stopping the Prefect server" in result.stderr
-    assert "bflow-tick/tick: deployed, every 3 s (UTC)" in result.stdout
-    assert not (home / "prefect-server" / "server.json").exists()  # the server is gone again
-    # The deployments stay in that server's database, for `bflow serve` to run.
-    db = sqlite3.connect(home / "prefect-server" / "prefect.db")
-    names = {name for (name,) in db.execute("SELECT name FROM deployment")}
-    db.close()
-    assert names == {"tick", "manual", "after"}
+        stop_server_of(home)
 
 
 def test_deploy_bad_spec_fails_before_any_server(tmp_path):

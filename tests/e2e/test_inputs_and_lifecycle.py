@@ -91,7 +91,7 @@ transform: {cmd: [sh, -c, 'cd $BFLOW_INPUTS/m && find . -type f | sort | xargs c
 def test_prefect_state_lives_under_bflow_home(tmp_path):
     spec = write_spec(tmp_path, "pipeline: home\ninput: {name: here, url: .}\ntransform: {cmd: ['true']}\n")
     assert bflow("run", spec).code == 0
-    assert (bflow_home() / "prefect" / "prefect.db").exists()
+    assert (bflow_home() / "prefect-server" / "prefect.db").exists()  # the managed server's database
     assert (bflow_home() / "jobs.sqlite").exists()
 
 

@@ -9,6 +9,7 @@ from bacalhau_flow.flow.deploy import (
     describe_schedule,
     job_id_for,
 )
+from bacalhau_flow.flow.scheduled import job_id_of_run_name
 from bacalhau_flow.spec import load_spec_text
 
 BASE = "pipeline: p\ninput: {url: data}\ntransform: {cmd: 'true'}\n"
@@ -49,3 +50,19 @@ def test_job_ids_of_consecutive_flow_runs_differ_early():
     assert job_id_for(a) != job_id_for(b)
     assert job_id_for(a)[:8] != job_id_for(b)[:8]
     assert job_id_for(a) == job_id_for(a) and len(job_id_for(a)) == len("j-") + 32
+
+
+def test_the_deployment_entrypoint_names_the_body_serve_runs():
+    import importlib
+
+    from bacalhau_flow.flow.deploy import ENTRYPOINT
+    from bacalhau_flow.flow.scheduled import scheduled_pipeline
+
+    module, name = ENTRYPOINT.split(":")
+    assert getattr(importlib.import_module(module), name) is scheduled_pipeline
+
+
+def test_a_job_flow_run_names_its_job():
+    # `bflow run` names a job's flow run by the job id, a rerun's `<job id>-rerun` (flow/rerun.py).
+    assert job_id_of_run_name("j-0123456789abcdef") == "j-0123456789abcdef"
+    assert job_id_of_run_name("j-0123456789abcdef-rerun") == "j-0123456789abcdef"

@@ -1,0 +1,53 @@
+"""Which Prefect API this process talks to, chosen before Prefect is imported.
+
+`PREFECT_API_URL` wins when it is set (it must answer). Otherwise every `bflow` command of one
+$BFLOW_HOME shares the managed local server (flow/server.py), started on first need. Used from
+a user's own Prefect flow (Prefect already imported), bflow keeps the API that process uses.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+from .server import ServerError, ensure_server, healthy, server_home
+
+API_CHECK_TIMEOUT = 5.0  # seconds for PREFECT_API_URL to answer before a run gives up
+
+
+def use_prefect(echo: Callable[[str], None] | None = None) -> str | None:
+    """Point this process at a Prefect API and return its url (None when Prefect was imported
+    before, so the user's own choice stands). `echo` gets a line when a server is started or
+    replaced. Raises ServerError when PREFECT_API_URL does not answer or no server can start."""
+    prefect_settings()
+    if "prefect" in sys.modules and not os.environ.get("PREFECT_API_URL"):
+        return None  # inside a user's own flow: its process already chose an API
+    url = os.environ.get("PREFECT_API_URL")
+    if url:
+        if not healthy(url, timeout=API_CHECK_TIMEOUT):
+            raise ServerError(f"no Prefect server answers at PREFECT_API_URL={url}",
+                              hint="start that server, or unset PREFECT_API_URL to use bflow's own "
+                                   "(`bflow server start`)", retryable=True)
+        return url
+    info = ensure_server(echo=echo or _to_stderr)
+    os.environ["PREFECT_API_URL"] = info.api_url
+    os.environ.setdefault("PREFECT_HOME", str(server_home() / "client"))  # the client's files under $BFLOW_HOME
+    return info.api_url
+
+
+def prefect_settings() -> None:
+    """bflow's defaults for Prefect settings; each one the user set stays as it is."""
+    # Prefect's own lines stay off the terminal (bflow shows progress and a summary); its
+    # records, task-run logs included, still go to the API at Prefect's logging level.
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+    os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "false")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # nothing outside is reachable
+    os.environ.setdefault("DO_NOT_TRACK", "1")  # no telemetry notice printed into the display
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+__all__ = ["ServerError", "use_prefect", "prefect_settings"]
