@@ -2,8 +2,13 @@
 store, and finishes the job (merged outputs, final state).
 
 The shard task's body is `JobRun.dispatch(requester, index)`; a failed attempt raises
-`ShardFailed`, so Prefect's retries send the shard again, to another node where one
-exists (the requester avoids the nodes this shard failed on).
+`ShardFailed`, which the task turns into a Failed state (flow/compile.py), so Prefect's
+retries send the shard again, to another node where one exists (the requester avoids the
+nodes this shard failed on).
+
+`JobRun.cancel` (Cancel in the Prefect UI: flow/cancel_watch.py) stops the job from the task
+runner's loop: each in-flight attempt runs as an asyncio task of its own, which it cancels
+(the node kills the command), and every dispatch after it raises `ShardCancelled`.
 
 Reuse (`reprocess: changed`) is decided here, on the requester, before anything is
 dispatched: `reuse_results` marks the shards whose content key (jobs/content_key.py) already
@@ -31,11 +36,17 @@ from ..storage import ContentStore
 
 
 class ShardFailed(Exception):
-    """An attempt of a shard failed; Prefect may retry it."""
+    """An attempt of a shard failed; Prefect may retry it. `result` is the attempt's result
+    (None when no node could take it)."""
 
-    def __init__(self, message: str, retry: bool = True):
+    def __init__(self, message: str, retry: bool = True, result: ShardResult | None = None):
         super().__init__(message)
         self.retry = retry
+        self.result = result
+
+
+class ShardCancelled(Exception):
+    """The job was cancelled (`JobRun.cancel`) before or while this shard ran."""
 
 
 ProgressHook = Callable[[int, str], None]  # (shard index, new state)
@@ -55,6 +66,10 @@ class JobRun:
         self.scratch = scratch
         self.on_progress = on_progress or (lambda index, state: None)
         self._tried: dict[int, set[str]] = {}
+        self._in_flight: dict[int, asyncio.Task] = {}  # shard index -> its running attempt
+        self.cancelled: str | None = None  # why the job was cancelled (`cancel`), if it was
+        self.finished = False  # `finish` began: too late to cancel
+        self.interrupted = False  # Ctrl-C stopped the job (flow/compile.py re-raises it after the flow)
         self._hopeless: dict[int, str] = {}  # shards no node can ever run -> why
         # Attempts a shard already had before this run (`bflow rerun`): retries count from there.
         self._earlier = {s.index: s.attempts for s in job.shards}
@@ -75,8 +90,12 @@ class JobRun:
             network=self.pipeline.network, timeout=self.pipeline.timeout,
         )
 
-    async def dispatch(self, requester: Requester, index: int) -> dict:
+    async def dispatch(self, requester: Requester, index: int) -> ShardResult:
+        """Run one attempt of shard `index` and return its completed result. Raises ShardFailed
+        for a failed attempt, ShardCancelled once the job is cancelled (`cancel`)."""
         shard = self.shards[index]
+        if self.cancelled is not None:
+            raise ShardCancelled(self.cancelled)
         if index in self._hopeless:  # Prefect retries everything; there is nothing to retry here
             raise ShardFailed(self._hopeless[index], retry=False)
         attempt = self.jobs.start_attempt(self.job.id, index)
@@ -89,8 +108,11 @@ class JobRun:
             tried.add(node)
             self.jobs.assign_node(self.job.id, index, attempt, node)
 
+        running = asyncio.ensure_future(requester.run(request, self.pipeline.selector, avoid=tried,
+                                                      on_node=accepted_by))
+        self._in_flight[index] = running
         try:
-            result = await requester.run(request, self.pipeline.selector, avoid=tried, on_node=accepted_by)
+            result = await running
         except NoNodeCanRun as e:
             self._record(ShardResult(job_id=self.job.id, shard_index=index, shard_id=shard.id, attempt=attempt,
                                      node="", state="failed", error=str(e)), final=True)
@@ -98,11 +120,27 @@ class JobRun:
             raise ShardFailed(self._hopeless[index], retry=False) from None
         except asyncio.CancelledError:
             self.jobs.cancel_unfinished_shards(self.job.id)
+            if self.cancelled is not None and not asyncio.current_task().cancelling():
+                self.on_progress(index, "cancelled")
+                raise ShardCancelled(self.cancelled) from None  # `cancel` stopped this attempt alone
             raise
+        finally:
+            self._in_flight.pop(index, None)
         self._record(result, final=result.state == "completed" or last_attempt)
         if result.state != "completed":
-            raise ShardFailed(f"shard {index} failed on node {result.node}: {result.error}")
-        return {"index": index, "node": result.node, "cid": result.outputs_cid, "exit_code": result.exit_code}
+            raise ShardFailed(f"shard {index} failed on node {result.node}: {result.error}", result=result)
+        return result
+
+    def cancel(self, reason: str) -> None:
+        """Stop the job: cancel its in-flight attempts, mark it and its unfinished shards
+        cancelled; later dispatches raise ShardCancelled. Call it on the task runner's loop."""
+        if self.cancelled is not None or self.finished:
+            return
+        self.cancelled = reason
+        for running in list(self._in_flight.values()):
+            running.cancel()
+        self.jobs.cancel_unfinished_shards(self.job.id)
+        self.jobs.set_job(self.job.id, state="cancelled", error=reason)
 
     def _record(self, result: ShardResult, final: bool) -> None:
         self.jobs.finish_attempt(
@@ -115,6 +153,7 @@ class JobRun:
 
     def finish(self) -> JobRecord:
         """Merge what completed and set the job's final state. Returns the updated record."""
+        self.finished = True
         job = self.jobs.get(self.job.id)
         failed = [s for s in job.shards if s.state not in ("completed", "skipped")]  # skipped: reused success
         error = None

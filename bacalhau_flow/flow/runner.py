@@ -7,11 +7,14 @@ cancelled and every unfinished shard cancelled, so nothing half-done reads as do
 completed, independent ones at the same time. Each runs in a thread of its own when several
 are ready (one Prefect flow run each: Prefect's engine, the job store and the content store
 are safe to share between threads); a pipeline that is ready alone runs in the calling
-thread, so Ctrl-C reaches it as it reaches a single pipeline.
+thread, so Ctrl-C reaches it as it reaches a single pipeline. A file of several pipelines is
+one parent flow run holding its jobs' flow runs (flow/chain.py); its threads start with a
+copy of the caller's context, so they find that parent.
 """
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import queue
@@ -20,7 +23,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, contextmanager
 
 from ..errors import BflowError, JobCancelled, JobNotFound
-from ..home import bflow_home, configure_prefect, jobs_db, store_root
+from ..home import bflow_home, jobs_db, store_root
 from ..jobs.publish import check_publish_url
 from ..jobs.store import JobRecord, JobStore
 from ..plan.pipeline import PipelinePlan, plan_pipeline
@@ -49,7 +52,9 @@ def run_pipeline(
     spec's `reprocess: always`; a job with nothing left to run finishes without a flow run.
     `upstreams` (flow/dag.py `UpstreamOutput`s, the pipeline already resolved to them) are
     recorded on the job: which jobs and CIDs its pipeline:// inputs read."""
-    configure_prefect()
+    from .prefect_api import use_prefect
+
+    use_prefect()
     check_publish_url(pipeline)
     plan = plan or plan_pipeline(pipeline)
     jobs = JobStore(jobs_db())
@@ -131,6 +136,19 @@ def run_dag(
     plans, ids = dict(plans or {}), dict(job_ids or {})
     for pipeline in dag.pipelines:
         ids.setdefault(pipeline.name, new_job_id())
+    if len(dag.pipelines) == 1:
+        return _run_dag(dag, plans, ids, progress_for, warn, options)
+    from .chain import as_one_flow_run
+    from .prefect_api import use_prefect
+
+    use_prefect()
+    return as_one_flow_run(dag, ids[dag.pipelines[0].name], options.get("network"),
+                           lambda: _run_dag(dag, plans, ids, progress_for, warn, options))
+
+
+def _run_dag(dag: PipelineDag, plans: dict[str, PipelinePlan], ids: dict[str, str],
+             progress_for: ProgressFor | None, warn: Callable[[str], None] | None, options: dict) -> list[JobRecord]:
+    """`run_dag`'s body, in the caller's flow run context (if any); raises as `run_dag`."""
     results: dict[str, JobRecord] = {}
     why_not: dict[str, str] = {}  # pipelines that did not run -> the reason
     outputs: dict[str, UpstreamOutput] = {}
@@ -173,11 +191,9 @@ def run_dag(
             if len(ready) == 1 and not running:  # alone: in this thread, as a single pipeline runs
                 settle(ready[0], _stage_or_failed(stage, ready[0], ids, several=len(dag.pipelines) > 1))
                 continue
-            if ready:
-                _start_prefect_api()
             for pipeline in ready:
                 running.add(pipeline.name)
-                threading.Thread(target=in_thread, args=(pipeline,), daemon=True,
+                threading.Thread(target=contextvars.copy_context().run, args=(in_thread, pipeline), daemon=True,
                                  name=f"bflow-{pipeline.name}").start()
             if running:
                 pipeline, record, error = finished.get()
@@ -188,25 +204,13 @@ def run_dag(
                     raise error
                 settle(pipeline, record)
     except (KeyboardInterrupt, JobCancelled) as e:
+        _stop_threads(running, ids, finished)
         _cancel_running(ids[name] for name in running)
         if isinstance(e, JobCancelled) and not running:
             raise
         raise JobCancelled("cancelled: " + ", ".join(sorted(running)) if running else "cancelled",
                            hint="`bflow list` shows the jobs") from None
     return [results[p.name] for p in dag.pipelines]
-
-
-def _start_prefect_api() -> None:
-    """Start Prefect's ephemeral API server in this thread, if it is the one in use: flows
-    started in several threads at once race to start it ("Server process did not start",
-    measured with Prefect 3.x). Once it runs, this does nothing."""
-    configure_prefect()
-    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
-
-    if not PREFECT_API_URL.value() and PREFECT_SERVER_EPHEMERAL_ENABLED:  # as prefect.get_client decides
-        from prefect.server.api.server import SubprocessASGIServer
-
-        SubprocessASGIServer().start()
 
 
 @contextmanager
@@ -260,6 +264,24 @@ def _record_ended(pipeline: Pipeline, job_id: str, state: str, error: str) -> Jo
         return jobs.get(job_id)
     finally:
         jobs.close()
+
+
+def _stop_threads(running: set[str], ids: dict[str, str], finished: queue.Queue, timeout: float = 30.0) -> None:
+    """Stop the jobs of the pipelines running in threads (their shards' commands are killed,
+    as Cancel in the UI does: flow/compile.py `stop_job`) and wait for those threads, at most
+    `timeout` s; a second Ctrl-C stops waiting."""
+    import time
+
+    from .compile import stop_job
+
+    stopping = {name for name in running if stop_job(ids[name], "cancelled by the user")}
+    deadline = time.monotonic() + timeout
+    try:
+        while stopping and (left := deadline - time.monotonic()) > 0:
+            pipeline, _record, _error = finished.get(timeout=left)
+            stopping.discard(pipeline.name)
+    except (queue.Empty, KeyboardInterrupt):
+        pass
 
 
 def _cancel_running(job_ids) -> None:

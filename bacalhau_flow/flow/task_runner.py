@@ -5,7 +5,8 @@ submitted task run executes here, on one event loop in a background thread, so
 Prefect records states, retries and timeouts as usual. The shard task's body only
 awaits `dispatch(...)`, which sends a JSON `ShardRequest` through the Requester to a
 node; no code and no pickles cross the transport. One event loop for all task runs
-keeps a thousand in-flight shards cheap (no thread per shard).
+keeps a thousand in-flight shards cheap (no thread per shard). The same loop runs the job's
+Cancel watcher (`watch`, flow/cancel_watch.py) with the task runs' shared Prefect client.
 """
 
 from __future__ import annotations
@@ -111,6 +112,46 @@ class NetworkTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         if self._requester is None:
             raise RuntimeError("NetworkTaskRunner is not started")
         return self._requester
+
+    def watch(self, watcher) -> None:
+        """Run `watcher(client)` on the loop beside the task runs, with the shared async Prefect
+        client, until it returns or the runner closes (flow/cancel_watch.py). Raises
+        RuntimeError when the runner is not started."""
+        if not self._started or self._loop is None or self._client_ctx is None:
+            raise RuntimeError("NetworkTaskRunner is not started")
+        client = self._client_ctx.client
+
+        def start() -> None:
+            task = self._loop.create_task(watcher(client), context=self._loop_ctx.copy())
+            self._tasks.add(task)
+            task.add_done_callback(self._forget)
+
+        self._loop.call_soon_threadsafe(start)
+
+    def call_soon(self, fn, *args, wait: float | None = None) -> None:
+        """Call `fn(*args)` on the loop, from any thread (nothing when the runner has closed);
+        with `wait`, return once it ran, or after `wait` s."""
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            return
+        ran = threading.Event()
+
+        def call() -> None:
+            try:
+                fn(*args)
+            finally:
+                ran.set()
+
+        loop.call_soon_threadsafe(call)
+        if wait is not None:
+            ran.wait(wait)
+
+    def _forget(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            import logging
+
+            logging.getLogger(__name__).warning("bflow watcher failed: %r", task.exception())
 
     # -- submitting -------------------------------------------------------------
     def submit(
