@@ -110,8 +110,7 @@ class Requester:
 
         return [n.id for n in sorted(able, key=rank)]
 
-    async def _bid(self, node: str, request: ShardRequest, selector: dict) -> p.Bid | None:
-        body = {"request": request.model_dump(), "selector": selector}
+    async def _bid(self, node: str, body: dict) -> p.Bid | None:
         try:
             reply = await self.transport.request(p.node_subject(node, "bid"), Envelope("bid_request", body,
                                                                                       sender=self.id), p.BID_TIMEOUT)
@@ -133,17 +132,17 @@ class Requester:
         while True:
             ranked = self.candidates(request, selector, avoid)
             asked = ranked[:BIDDERS]
-            bids = [b for b in await asyncio.gather(*(self._bid(n, request, selector) for n in asked)) if b]
+            body = {"request": request.model_dump(), "selector": selector}  # one dump for every bidder
+            bids = [b for b in await asyncio.gather(*(self._bid(n, body) for n in asked)) if b]
             if bids and all(b.never for b in bids) and len(asked) == len(ranked):
                 raise NoNodeCanRun("; ".join(sorted({b.reason or "" for b in bids})))
             order = {n: i for i, n in enumerate(asked)}
             for bid in sorted((b for b in bids if b.accepted), key=lambda b: (not b.ready, b.queued, order[b.node])):
-                if await self._accept(bid.node, request, selector):
+                if await self._accept(bid.node, dict(body, requester=self.id)):
                     return bid.node
             await asyncio.sleep(NO_BID_RETRY_SECONDS)  # nobody answered: nodes may be restarting
 
-    async def _accept(self, node: str, request: ShardRequest, selector: dict) -> bool:
-        body = {"request": request.model_dump(), "selector": selector, "requester": self.id}
+    async def _accept(self, node: str, body: dict) -> bool:
         try:
             reply = await self.transport.request(p.node_subject(node, "accept"),
                                                  Envelope("accept", body, sender=self.id), p.ACCEPT_TIMEOUT)
