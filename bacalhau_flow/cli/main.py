@@ -354,9 +354,9 @@ def deploy(
 
 @command()
 def serve(poll: float = typer.Option(1.0, help="seconds between looks for due runs")):
-    """Run the schedules of the deployed pipelines until Ctrl-C; starts (and stops) a Prefect
-    server under $BFLOW_HOME unless PREFECT_API_URL names one."""
-    from ..flow.deploy import serve as serve_deployments
+    """Run the schedules of the deployed pipelines, and the runs retried from the Prefect UI,
+    until Ctrl-C; uses the local Prefect server (started if needed) unless PREFECT_API_URL is set."""
+    from ..flow.serve import serve as serve_deployments
 
     serve_deployments(poll=poll, echo=lambda line: print(line, flush=True))
 

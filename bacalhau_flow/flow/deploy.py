@@ -27,7 +27,7 @@ from .server import ServerError
 ENTRYPOINT = "bacalhau_flow.flow.scheduled:scheduled_pipeline"  # the body serve runs
 
 __all__ = ["TAG", "Api", "DeployError", "connect", "deploy", "deployment_name", "describe_schedule",
-           "job_id_for", "serve"]
+           "job_id_for"]
 
 
 class DeployError(BflowError):
@@ -67,14 +67,6 @@ def client():
     from prefect.client.orchestration import get_client
 
     return get_client(sync_client=True)
-
-
-def serve(**options) -> None:
-    """`bflow serve` (flow/serve.py `serve`, which says what it raises); kept here for callers of
-    `deploy.serve`."""
-    from .serve import serve as serve_deployments
-
-    serve_deployments(**options)
 
 
 # -- deploy ---------------------------------------------------------------------------
