@@ -21,8 +21,7 @@ from pathlib import Path
 from ..errors import BflowError, JobCancelled
 from ..jobs.store import JobRecord
 from .dag import PipelineDag
-
-TAG = "bflow"
+from .prefect_api import TAG
 
 
 def chain_name(dag: PipelineDag) -> str:

@@ -30,10 +30,10 @@ from prefect.states import Cancelled, Completed, Failed
 from .artifacts import publish_artifacts
 from .cancel_watch import watch_for_cancel
 from .job_run import JobRun, ShardCancelled, ShardFailed
+from .prefect_api import TAG
 from .task_runner import CURRENT_REQUESTER, NetworkTaskRunner
 from .window import ShardReport
 
-TAG = "bflow"
 STOP_TIMEOUT = 30.0  # seconds a Ctrl-C waits for the job's shards to stop
 
 CURRENT_JOB: contextvars.ContextVar[JobRun] = contextvars.ContextVar("bflow_job")

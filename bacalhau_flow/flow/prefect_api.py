@@ -14,6 +14,7 @@ from collections.abc import Callable
 from .server import ServerError, ensure_server, healthy, server_home
 
 API_CHECK_TIMEOUT = 5.0  # seconds for PREFECT_API_URL to answer before a run gives up
+TAG = "bflow"  # on every flow run and deployment bflow makes: how serve and the tests find them
 
 
 def use_prefect(echo: Callable[[str], None] | None = None) -> str | None:
@@ -50,4 +51,4 @@ def _to_stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-__all__ = ["ServerError", "use_prefect", "prefect_settings"]
+__all__ = ["TAG", "ServerError", "use_prefect", "prefect_settings"]

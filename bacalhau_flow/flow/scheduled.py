@@ -20,8 +20,8 @@ from uuid import UUID
 
 from ..errors import BflowError, JobCancelled
 from ..spec import Pipeline, load_spec
+from .prefect_api import TAG
 
-TAG = "bflow"
 RERUN_SUFFIX = "-rerun"  # flow/rerun.py names a rerun's flow run `<job id>-rerun`
 
 
