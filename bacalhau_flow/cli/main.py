@@ -114,11 +114,13 @@ def run(
     as_json: bool = typer.Option(False, "--json", help="print the job as JSON when it ends"),
     job_ids: Optional[str] = typer.Option(None, hidden=True, help="ids for the jobs (used by --detach)"),
     reprocess: bool = typer.Option(False, "--reprocess", help="run every shard, reusing no earlier result"),
+    advertise: Optional[str] = typer.Option(None, help=network_cli.ADVERTISE_HELP),
 ):
     """Run every pipeline in SPEC; wait, show progress, print the merged stdout."""
     from ..spec import load_spec
 
     pipelines = load_spec(spec)
+    _advertise(advertise)
     if detach:
         return _detach(spec, pipelines, network, output, reprocess)
     from ..flow.dag import build_dag, not_run_reason, plan_dag
@@ -171,6 +173,13 @@ def _summarise(record) -> None:
         render.err.print(f"  {record.error}", highlight=False, markup=False)
         render.err.print(f"  logs: bflow logs {record.id[:10]} --shard N   ·   bflow describe {record.id[:10]}",
                          highlight=False, markup=False)
+
+
+def _advertise(host: str | None) -> None:
+    """The requester's gateway is started deep inside the run (network/embedded.py); the
+    environment carries the address there, and to a detached run's process."""
+    if host:
+        os.environ["BFLOW_ADVERTISE"] = host
 
 
 def _detach(spec: Path, pipelines, network, output, reprocess: bool = False) -> None:
@@ -254,10 +263,12 @@ def rerun(
     shard: Optional[list[int]] = typer.Option(None, "--shard", help="rerun this shard (repeatable); default: the failed ones"),
     network: Optional[str] = typer.Option(None, help="network URL; default: an embedded network of 3 nodes"),
     as_json: bool = typer.Option(False, "--json", help="print the job as JSON when it ends"),
+    advertise: Optional[str] = typer.Option(None, help=network_cli.ADVERTISE_HELP),
 ):
     """Run the failed shards of a job (or the chosen ones) again, as new attempts of that job."""
     from ..flow.rerun import rerun_job
 
+    _advertise(advertise)
     with render.ShardProgress(enabled=True) as progress:
         with progress.job("rerun", len(shard) if shard else None) as on_progress:
             record, ran = rerun_job(job, shard, network=network, on_progress=on_progress)

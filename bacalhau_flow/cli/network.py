@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import signal
 import sys
 import threading
@@ -13,6 +14,9 @@ import typer
 
 from ..errors import BflowError
 from . import render
+
+ADVERTISE_HELP = ("host other machines reach this one's IPFS gateway by (default: the local address "
+                  "of the connection to the network)")
 
 
 def _size(value: Optional[str], field: str) -> Optional[int]:
@@ -56,8 +60,17 @@ def capacity_from(cpu, memory, disk, gpu):
 
 def devstack(nodes: int = typer.Option(3, "--nodes", "-n", min=1, help="compute nodes to start"),
              transport: str = typer.Option("nats", help="nats (joinable by other processes) or memory"),
-             port: int = typer.Option(0, help="nats-server port (0: any free port)")):
-    """A local network of N compute nodes; prints the URL for `bflow run --network`."""
+             port: int = typer.Option(0, help="nats-server port (0: any free port)"),
+             host: str = typer.Option("127.0.0.1", help="address the nats-server listens on (this "
+                                                        "machine's routable address, for other machines)"),
+             join: Optional[str] = typer.Option(
+                 None, help="join another network: the join URL another devstack prints "
+                            "(nats://HOST:PORT; several, comma-separated, for the servers of a cluster)"),
+             label: list[str] = typer.Option([], help="k=v for every node, repeatable"),
+             advertise: Optional[str] = typer.Option(None, help=ADVERTISE_HELP)):
+    """A local network of N compute nodes; prints the URL for `bflow run --network`. Its
+    nats-server also takes leaf connections: another devstack started with `--join` that URL
+    becomes one network with this one (jobs from either side run on nodes of both)."""
     from ..home import bflow_home
     from ..network.devstack import Devstack
 
@@ -71,16 +84,34 @@ def devstack(nodes: int = typer.Option(3, "--nodes", "-n", min=1, help="compute 
         from bacalhau_flow_nats.server import NatsServer
     except ImportError as e:
         raise BflowError("the NATS plugin is not installed", hint="pip install -e plugins/bacalhau-flow-nats") from e
-    server = NatsServer(port).start()
+    labels = _labels(label)
+    remotes = [u.strip() for u in join.split(",") if u.strip()] if join else []
+    server = NatsServer(port, host=host, leaf_port=0, leaf_remotes=remotes).start()
     try:
-        with Devstack(server.url, nodes, root=bflow_home() / "devstack") as stack:
+        if remotes:
+            _wait_joined(server, join)
+        with Devstack(server.url, nodes, root=bflow_home() / "devstack", labels=[labels],
+                      advertise=advertise, keep=False) as stack:
             print(server.url, flush=True)
             render.err.print(f"{nodes} nodes on {server.url}; run pipelines with "
                              f"`bflow run SPEC --network {server.url}`; Ctrl-C stops", highlight=False)
             render.err.print(f"IPFS gateways: {' '.join(stack.gateways)}", highlight=False)
+            render.err.print(f"other networks join this one with `bflow devstack --join {server.leaf_url}`"
+                             + (f"; joined {join}" if remotes else ""), highlight=False)
             _wait_for_signal()
     finally:
         server.stop()
+
+
+def _wait_joined(server, join: str, timeout: float = 10.0) -> None:
+    from bacalhau_flow_nats.server import NatsServerError
+
+    try:
+        server.wait_for_leaves(1, timeout)
+    except NatsServerError:
+        raise BflowError(f"--join {join}: no nats-server answered as a hub within {timeout:g} s",
+                         hint="give the join URL the other devstack prints (\"other networks join this one "
+                              "with ...\"), and check that its port is reachable from here") from None
 
 
 def node(network: str = typer.Option(..., help="network URL, e.g. nats://127.0.0.1:4222"),
@@ -91,7 +122,13 @@ def node(network: str = typer.Option(..., help="network URL, e.g. nats://127.0.0
          gpu: Optional[int] = typer.Option(None, help="GPUs to offer (default: those nvidia-smi lists)"),
          name: str = typer.Option("default", help="local name: its key and store live under $BFLOW_HOME/nodes/NAME"),
          gateway_port: int = typer.Option(0, help="port of the node's IPFS gateway (0: any free port; -1: none)"),
-         gateway_host: str = typer.Option("127.0.0.1", help="address the gateway listens on (0.0.0.0: all)")):
+         gateway_host: Optional[str] = typer.Option(
+             None, help="address the gateway listens on (0.0.0.0: all; default: the local address of "
+                        "the connection to the network)"),
+         advertise: Optional[str] = typer.Option(None, help=ADVERTISE_HELP),
+         max_store: Optional[str] = typer.Option(
+             None, help="content store size past which acknowledged results and used inputs are "
+                        "evicted, least recently used first, e.g. 20Gi (default: half the free disk)")):
     """Start one compute node and serve until Ctrl-C. It serves its content store as an IPFS
     trustless gateway; the URL is printed and announced (`bflow nodes` lists it)."""
     from ..home import nodes_root
@@ -100,12 +137,16 @@ def node(network: str = typer.Option(..., help="network URL, e.g. nats://127.0.0
     labels = _labels(label)
     capacity = capacity_from(cpu, memory, disk, gpu)
     root = nodes_root() / name
-    with Devstack(network, 1, capacity=capacity, labels=[labels], root=root, keys=[root / "node.key"],
-                  gateway_port=None if gateway_port < 0 else gateway_port, gateway_host=gateway_host) as stack:
+    root.mkdir(parents=True, exist_ok=True)
+    store_limit = _size(max_store, "max-store") if max_store else shutil.disk_usage(root).free // 2
+    with Devstack(network, 1, max_store=store_limit, capacity=capacity, labels=[labels], root=root, keys=[root / "node.key"],
+                  gateway_port=None if gateway_port < 0 else gateway_port, gateway_host=gateway_host,
+                  advertise=advertise) as stack:
         info = stack.nodes[0].info()
         print(info.id, flush=True)
-        render.err.print(f"node {info.id} on {network}: cpu={info.total.cpu:g} memory={info.total.memory} "
-                         f"disk={info.total.disk} gpu={info.total.gpu} labels={labels}", highlight=False)
+        render.err.print(f"node {info.id} on {network} at {info.address}: cpu={info.total.cpu:g} "
+                         f"memory={info.total.memory} disk={info.total.disk} gpu={info.total.gpu} labels={labels}",
+                         highlight=False)
         if info.gateway:
             render.err.print(f"IPFS gateway: {info.gateway} (IPFS_GATEWAY={info.gateway} reads its outputs)",
                              highlight=False)

@@ -113,11 +113,11 @@ def _datum_text(datum) -> str:
 
 def nodes_table(nodes) -> Table:
     table = Table("NODE", "VERSION", "EXECUTORS", "LABELS", "CPU free/total", "MEMORY free/total", "GPU",
-                  "RUNNING", "QUEUED", "GATEWAY", box=None)
+                  "RUNNING", "QUEUED", "ADDRESS", "GATEWAY", box=None)
     for n in nodes:
         table.add_row(n.id, n.version, ",".join(n.executors), ",".join(f"{k}={v}" for k, v in n.labels.items()) or "-",
                       f"{n.free.cpu:g}/{n.total.cpu:g}", f"{_gib(n.free.memory)}/{_gib(n.total.memory)}",
-                      f"{n.free.gpu}/{n.total.gpu}", str(n.running), str(n.queued), n.gateway or "-")
+                      f"{n.free.gpu}/{n.total.gpu}", str(n.running), str(n.queued), n.address or "-", n.gateway or "-")
     return table
 
 

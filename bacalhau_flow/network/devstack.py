@@ -7,17 +7,22 @@ process, `nats://host:port` across processes).
 Each node serves its content store as an IPFS trustless gateway beside it (storage/gateway.py),
 on `gateway_port` (0: any free port, the default; N: node i gets port N+i; None: no gateway);
 its URL is in `gateways`, on the node (`node.gateway`) and in the NodeInfo it announces.
+By default a gateway listens on and advertises the local address of the node's connection to
+the network (storage/gateway.py `gateway_for`); `advertise` names another host, announced as
+the node's `address`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import shutil
 import threading
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from ..home import nodes_root
 from ..storage import ContentStore
-from ..storage.gateway import Gateway
+from ..storage.gateway import Gateway, gateway_for
 from ..transports import transport_for
 from ..transports.signing import SignedTransport
 from .embedded import embedded_node_capacity
@@ -29,8 +34,8 @@ from .node import ComputeNode
 class Devstack:
     def __init__(self, url: str, nodes: int = 3, *, capacity: Capacity | None = None,
                  labels: list[dict[str, str]] | None = None, root: Path | None = None,
-                 keys: list[Path] | None = None, gateway_port: int | None = 0, gateway_host: str = "127.0.0.1",
-                 **node_options):
+                 keys: list[Path] | None = None, gateway_port: int | None = 0, gateway_host: str | None = None,
+                 advertise: str | None = None, keep: bool = True, **node_options):
         self.url = url
         self.count = nodes
         self.capacity = capacity or embedded_node_capacity(nodes)
@@ -39,7 +44,9 @@ class Devstack:
         self.keys = keys
         self.node_options = node_options
         self.gateway_port = gateway_port
-        self.gateway_host = gateway_host
+        self.gateway_host = gateway_host  # None: the address of the connection to the network
+        self.advertise = advertise  # None: the gateway's own address (that connection's, for 0.0.0.0)
+        self.keep = keep  # False: remove each node's folder (store, work) when the devstack stops
         self.nodes: list[ComputeNode] = []
         self._gateways: dict[str, Gateway] = {}  # node id -> its gateway
         self.loop = asyncio.new_event_loop()
@@ -72,15 +79,20 @@ class Devstack:
                                self.root / identity.node_id / "work", self.capacity,
                                labels=self.labels[i % len(self.labels)], **self.node_options)
             if self.gateway_port is not None:  # before start(), so the first announcement has its URL
-                gateway = Gateway(node.store, self.gateway_host, self.gateway_port + i if self.gateway_port else 0)
+                gateway = gateway_for(node.store, transport, self.gateway_host,
+                                      self.gateway_port + i if self.gateway_port else 0, self.advertise)
                 node.gateway = await gateway.start()
                 self._gateways[node.id] = gateway
+            node.address = urlsplit(node.gateway).hostname if node.gateway else (
+                self.advertise or transport.local_host())
             await node.start()
             self.nodes.append(node)
 
     async def _stop(self) -> None:
         for node in self.nodes:
             await self._stop_node(node)
+            if not self.keep:  # its results are in the requesters' stores; its own copy is a cache
+                await asyncio.to_thread(shutil.rmtree, self.root / node.id, True)
 
     async def _stop_node(self, node: ComputeNode) -> None:
         await node.stop()

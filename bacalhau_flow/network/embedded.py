@@ -1,13 +1,21 @@
 """Opening a network: the embedded one (N compute nodes in this process, on the
-memory transport) or an existing one by URL. Every connection signs what it sends."""
+memory transport) or an existing one by URL. Every connection signs what it sends.
+
+On a network by URL the requester serves its content store as a gateway for as long as the
+network is open, so nodes on other machines can pull the inputs it ships and the content it
+holds (network/shipping.py). It listens on and advertises the local address of the connection
+to the network, or `$BFLOW_ADVERTISE` (what `bflow run --advertise HOST` sets).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import AsyncIterator
 
 from ..home import bflow_home, nodes_root, store_root
 from ..storage import ContentStore
+from ..storage.gateway import gateway_for
 from ..transports import transport_for
 from ..transports.memory import MemoryHub, MemoryTransport
 from ..transports.signing import SignedTransport
@@ -55,6 +63,7 @@ async def open_network(url: str | None = None, nodes: int = EMBEDDED_NODES) -> A
     (in this process, sharing its content store, so their outputs need no copying)."""
     started: list[ComputeNode] = []
     store = ContentStore(store_root())
+    gateway = None
     if url is None:
         hub = MemoryHub()
         started = await start_embedded_nodes(hub, nodes, store)
@@ -64,10 +73,15 @@ async def open_network(url: str | None = None, nodes: int = EMBEDDED_NODES) -> A
         await transport.connect()
     requester = Requester(transport, store)
     try:
+        if url is not None:
+            gateway = gateway_for(store, transport, advertise=os.environ.get("BFLOW_ADVERTISE") or None)
+            requester.gateway = await gateway.start()
         await requester.start(expect_nodes=max(1, len(started)))
         yield requester
     finally:
         await requester.stop()
         for node in started:
             await node.stop()
+        if gateway is not None:
+            await gateway.stop()
         await transport.close()

@@ -47,6 +47,9 @@ class ShardRequest(BaseModel):
     resources: ResourceAsk = Field(default_factory=ResourceAsk)
     network: Literal["none", "full"] = "none"
     timeout: float | None = None
+    # Gateways (base URLs) that hold the blocks of the shard's ipfs:// inputs: the requester's,
+    # then the nodes'. Set on networks reached by URL, where local inputs travel as ipfs://.
+    providers: list[str] = Field(default_factory=list)
 
     @property
     def attempt_id(self) -> str:
@@ -98,3 +101,4 @@ class NodeInfo(BaseModel):
     running: int = 0
     queued: int = 0
     gateway: str | None = None  # the URL of the node's IPFS trustless gateway, when it serves one
+    address: str | None = None  # the host other machines reach the node by (`bflow node --advertise`)

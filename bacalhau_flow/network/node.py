@@ -21,6 +21,7 @@ from ..executors import get_executor
 from ..executors.registry import available_executors
 from ..errors import BflowError
 from ..storage import ContentStore
+from ..storage.evict import StoreBudget
 from ..transports.base import Envelope, Transport, TransportError
 from . import protocol as p
 from .capacity import CapacityManager
@@ -35,7 +36,8 @@ REMEMBERED_ATTEMPTS = 10_000
 class ComputeNode:
     def __init__(self, transport: Transport, store: ContentStore, work_root: Path, capacity: Capacity, *,
                  node_id: str | None = None, labels: dict[str, str] | None = None,
-                 announce_seconds: float = p.ANNOUNCE_SECONDS, heartbeat_seconds: float = p.HEARTBEAT_SECONDS):
+                 announce_seconds: float = p.ANNOUNCE_SECONDS, heartbeat_seconds: float = p.HEARTBEAT_SECONDS,
+                 max_store: int | None = None):
         self.id = node_id or getattr(transport, "node_id", None) or _random_id()
         self.transport = transport
         self.store = store
@@ -44,6 +46,9 @@ class ComputeNode:
         self.labels = labels or {}
         self.announce_seconds = announce_seconds
         self.heartbeat_seconds = heartbeat_seconds
+        # max_store: evict acknowledged content past this many bytes (storage/evict.py); None: keep
+        # all (the embedded nodes share the requester's store, which must keep what its jobs name)
+        self.budget = StoreBudget(store, max_store) if max_store is not None else None
         self.executors = [e for e in available_executors() if _loadable(e)]
         self._attempts: OrderedDict[str, asyncio.Task] = OrderedDict()  # attempt id -> its run
         self._running: dict[str, object] = {}  # attempt id -> executor running it (for cancel)
@@ -54,6 +59,7 @@ class ComputeNode:
         self._announce_pending: asyncio.Task | None = None
         self.started_at = time.time()
         self.gateway: str | None = None  # its IPFS gateway's URL, announced in NodeInfo (set by Devstack)
+        self.address: str | None = None  # the host others reach it by, announced too (set by Devstack)
 
     # -- lifecycle --------------------------------------------------------------
     async def start(self) -> None:
@@ -84,7 +90,8 @@ class ComputeNode:
     def info(self) -> NodeInfo:
         return NodeInfo(id=self.id, version=__version__, executors=self.executors, labels=self.labels,
                         total=self.capacity.total, free=self.capacity.free,
-                        running=len(self._running), queued=self._queued, gateway=self.gateway)
+                        running=len(self._running), queued=self._queued, gateway=self.gateway,
+                        address=self.address)
 
     async def announce(self) -> None:
         try:
@@ -157,6 +164,34 @@ class ComputeNode:
 
     # -- running ----------------------------------------------------------------
     async def _execute(self, request: ShardRequest, requester: str) -> None:
+        inputs = [ref.url[len("ipfs://"):].split("/", 1)[0] for ref in request.inputs if ref.url.startswith("ipfs://")]
+        self._pin(inputs)
+        try:
+            result = await self._attempt(request, requester)
+        finally:
+            self._unpin(inputs)
+        if result is None:
+            return
+        outputs = [c for c in (result.outputs_cid, result.stdout_cid, result.stderr_cid) if c]
+        self._pin(outputs)
+        try:
+            await self._deliver(result, requester)
+        finally:
+            self._unpin(outputs)
+        self._announce_soon()  # capacity changed: tell the requesters soon
+        if self.budget is not None:
+            await asyncio.get_running_loop().run_in_executor(self._pool, self.budget.evict)
+
+    def _pin(self, roots: list[str]) -> None:
+        if self.budget is not None:
+            self.budget.pin(roots)
+
+    def _unpin(self, roots: list[str]) -> None:
+        if self.budget is not None:
+            self.budget.unpin(roots)
+
+    async def _attempt(self, request: ShardRequest, requester: str) -> ShardResult | None:
+        """Run the attempt (heartbeating its lease); None when it was cancelled."""
         state = {"value": "queued"}
         beat = asyncio.ensure_future(self._heartbeat(request, requester, state))
         try:
@@ -173,11 +208,10 @@ class ComputeNode:
                 await self.capacity.release(request.resources, gpus)
         except asyncio.CancelledError:
             beat.cancel()
-            return
+            return None
         finally:
             beat.cancel()
-        await self._deliver(result, requester)
-        self._announce_soon()  # capacity changed: tell the requesters soon
+        return result
 
     def _run_blocking(self, request: ShardRequest, gpus: list[int]) -> ShardResult:
         executor = get_executor(request.transform.executor)
@@ -198,11 +232,12 @@ class ComputeNode:
                 pass
 
     async def _deliver(self, result: ShardResult, requester: str) -> None:
-        """Offer the result until the requester acknowledges it (or gives up on us)."""
+        """Offer the result until the requester acknowledges it (or gives up on us): for
+        RESULT_DELIVERY_SECONDS of connection, however long the network is away meanwhile."""
         subject = p.requester_subject(requester, "result")
         deadline = time.monotonic() + p.RESULT_DELIVERY_SECONDS
         envelope = Envelope("shard_result", result.model_dump(), sender=self.id)
-        while time.monotonic() < deadline:
+        while time.monotonic() < max(deadline, self.transport.up_since() + p.RESULT_DELIVERY_SECONDS):
             try:
                 await self.transport.request(subject, envelope, p.RESULT_ACK_TIMEOUT)
                 return

@@ -5,7 +5,17 @@ A shard goes to a node that could ever hold it, has its executor and carries the
 selector's labels, preferring nodes this shard has not failed on, nodes that can start
 it now, and the least loaded. A shard that no node could ever hold fails at once
 (`NoNodeCanRun`) instead of waiting forever. A node that stops heartbeating loses its
-lease: the attempt fails as retryable and Prefect's retry sends the shard elsewhere.
+lease: the attempt fails as retryable and Prefect's retry sends the shard elsewhere. But
+while the requester itself is cut off from the network, and for a lease's time after it is
+back (so the nodes can reconnect too), no lease runs out and no shard is failed for want of
+nodes: an outage of the network loses nothing, only a node gone while it is up does.
+
+On a network reached by URL the requester serves its content store through a gateway of its
+own (`gateway`, set by network/embedded.py `open_network`): each shard's local inputs are
+shipped as `ipfs://` content (network/shipping.py), and the request names the gateways that
+hold its blocks. Outputs and logs come back the same way, pulled over HTTP from the node's
+gateway (storage/pull.py); block requests over the transport are only the fallback for a node
+without a gateway or one that cannot be reached.
 """
 
 from __future__ import annotations
@@ -16,12 +26,14 @@ import logging
 import time
 import uuid
 
-from ..errors import ContentError, NoNodeCanRun
+from ..errors import BflowError, ContentError, NoNodeCanRun
 from ..storage import ContentStore
 from ..storage.fetch import fetch_dag
+from ..storage.pull import pull
 from ..transports.base import Envelope, Transport, TransportError
 from . import protocol as p
 from .messages import NodeInfo, ShardRequest, ShardResult
+from .shipping import ship_local_inputs
 
 log = logging.getLogger("bacalhau_flow.requester")
 
@@ -36,6 +48,7 @@ class Requester:
         self.store = store
         self.id = requester_id or getattr(transport, "node_id", None) or "r-" + uuid.uuid4().hex[:12]
         self.lease_seconds = lease_seconds
+        self.gateway: str | None = None  # URL of this requester's own gateway (URL networks only)
         self.nodes: dict[str, NodeInfo] = {}
         self._heard: dict[str, float] = {}  # node id -> monotonic time of its last announcement
         self._in_flight: dict[str, float] = {}  # node id -> cpu this requester has placed there
@@ -128,9 +141,19 @@ class Requester:
             self._in_flight[node] = self._in_flight.get(node, 0.0) + request.resources.cpu
             return node
 
+    def cut_off(self) -> bool:
+        """The connection to the network is down, or came back less than a lease ago."""
+        return time.monotonic() - self.transport.up_since() < self.lease_seconds
+
     async def _place(self, request: ShardRequest, selector: dict[str, str], avoid: set[str]) -> str:
         while True:
-            ranked = self.candidates(request, selector, avoid)
+            try:
+                ranked = self.candidates(request, selector, avoid)
+            except NoNodeCanRun:
+                if not self.cut_off():
+                    raise
+                await asyncio.sleep(NO_BID_RETRY_SECONDS)  # the nodes are out of earshot, not gone
+                continue
             asked = ranked[:BIDDERS]
             body = {"request": request.model_dump(), "selector": selector}  # one dump for every bidder
             bids = [b for b in await asyncio.gather(*(self._bid(n, body) for n in asked)) if b]
@@ -156,6 +179,11 @@ class Requester:
                   avoid: set[str] | None = None, on_node=None) -> ShardResult:
         """Run one attempt of a shard on the best node. Never raises for a failed attempt
         (it becomes a failed ShardResult); raises NoNodeCanRun when no node ever could."""
+        if self.gateway:
+            try:
+                request = await self._for_other_machines(request)
+            except BflowError as e:
+                return self._not_sent(request, e)
         result_future: asyncio.Future = asyncio.get_running_loop().create_future()
         lease = [time.monotonic() + self.lease_seconds]
         self._waiting[request.attempt_id] = (result_future, lease)
@@ -178,11 +206,30 @@ class Requester:
             self._failures[result.node] = self._failures.get(result.node, 0) + 1
         return result
 
+    async def _for_other_machines(self, request: ShardRequest) -> ShardRequest:
+        """The request as nodes that cannot see this disk need it: local inputs shipped as
+        ipfs:// content, and the gateways that hold the blocks (this one first)."""
+        shipped = await asyncio.to_thread(ship_local_inputs, request, self.store)
+        providers = [self.gateway] + sorted({n.gateway for n in self.live_nodes() if n.gateway} - {self.gateway})
+        return shipped.model_copy(update={"providers": providers})
+
+    def _not_sent(self, request: ShardRequest, error: BflowError) -> ShardResult:
+        """A failed attempt for a shard that could not be sent (its inputs cannot be read)."""
+        now = time.time()
+        return ShardResult(job_id=request.job_id, shard_index=request.shard_index, shard_id=request.shard_id,
+                           attempt=request.attempt, node=self.id, state="failed", retryable=error.retryable,
+                           error=str(error), started=now, ended=now,
+                           stderr_cid=self.store.put_bytes(f"bflow: {error}\n".encode()),
+                           stdout_cid=self.store.put_bytes(b""))
+
     async def _await_result(self, future: asyncio.Future, lease: list[float], node: str,
                             request: ShardRequest) -> ShardResult:
         """The attempt's result, or a failed one when its node stops renewing the lease."""
         while True:
             remaining = lease[0] - time.monotonic()
+            if remaining <= 0 and self.cut_off():
+                lease[0] = time.monotonic() + self.lease_seconds  # we cannot hear it: no fault of the node
+                continue
             if remaining <= 0:
                 self._heard.pop(node, None)  # not live until it announces again
                 await self.cancel(node, request)  # in case it is only slow: never two runs at once
@@ -197,16 +244,26 @@ class Requester:
 
     async def _collect(self, result: ShardResult) -> ShardResult:
         """Copy the attempt's outputs and logs from its node, verified by CID, also when
-        the attempt failed (its logs are what the user needs then)."""
+        the attempt failed (its logs are what the user needs then): over HTTP from the node's
+        gateway, all three at once, or block by block over the transport when that fails."""
         async def get_blocks(cids: list[str]) -> dict[str, bytes]:
             reply = await self.transport.request(p.node_subject(result.node, "blocks"),
                                                  Envelope("blocks", {"cids": cids}, sender=self.id), p.BLOCKS_TIMEOUT)
             return {c: base64.b64decode(b) for c, b in reply.body["blocks"].items()}
 
+        async def fetch(cid: str) -> None:
+            if gateway:
+                try:
+                    await asyncio.to_thread(pull, self.store, cid, [gateway])
+                    return
+                except ContentError as e:
+                    log.info("pulling %s from %s failed, asking over the network: %s", cid, gateway, e)
+            await fetch_dag(self.store, cid, get_blocks)
+
+        info = self.nodes.get(result.node)
+        gateway = info.gateway if info else None
         try:
-            for cid in (result.outputs_cid, result.stdout_cid, result.stderr_cid):
-                if cid:
-                    await fetch_dag(self.store, cid, get_blocks)
+            await asyncio.gather(*(fetch(c) for c in (result.outputs_cid, result.stdout_cid, result.stderr_cid) if c))
         except (ContentError, TransportError) as e:
             lost = f"outputs of node {result.node} could not be fetched: {e}"
             error = lost if result.state == "completed" else f"{result.error}; {lost}"

@@ -43,7 +43,7 @@ def run_shard_attempt(request: ShardRequest, executor: Executor, store: ContentS
         stderr.touch()
         limit = request.resources.disk
         try:
-            staged = stage_inputs(request, inputs)
+            staged = stage_inputs(request, inputs, store)
             check_inputs(request.shard_index, staged, limit)
             execution = _execution(request, inputs, outputs, stdout, stderr, gpus or [])
             with OutputWatch(outputs, limit - staged, executor.kill) as watch:

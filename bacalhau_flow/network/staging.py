@@ -11,6 +11,11 @@ plan/retries.py (3 attempts over HTTP and memory://; s3fs and botocore retry S3 
 The first failure stops the rest and becomes a StagingError naming the input and the path.
 Staged files and folders are made read-only; directory symlinks in a local input are not
 followed (as in planning), file symlinks are copied as files.
+
+On a network reached by URL the request also names `providers`: gateways holding the blocks of
+its `ipfs://` inputs (local inputs arrive that way: network/shipping.py). Then each datum's
+blocks are first pulled into the node's content store (storage/pull.py: only what is missing,
+every block checked), and staged from there.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from typing import Callable, TypeVar
 
 from ..errors import BflowError, StagingError
 from ..plan.inputs import InputRoot, open_input
+from ..storage import ContentStore, dag, unixfs
+from ..storage.pull import pull
 from .messages import InputRef, ShardRequest
 
 T = TypeVar("T")
@@ -30,8 +37,9 @@ T = TypeVar("T")
 PARALLEL_FETCHES = 8  # files of one shard fetched at the same time
 
 
-def stage_inputs(request: ShardRequest, inputs_dir: Path) -> int:
-    """Copy every datum of the shard under `inputs_dir`; return the bytes staged.
+def stage_inputs(request: ShardRequest, inputs_dir: Path, store: ContentStore | None = None) -> int:
+    """Copy every datum of the shard under `inputs_dir`; return the bytes staged. `store`: the
+    node's content store, where blocks from `request.providers` are pulled to.
     Raises StagingError naming the input and path that could not be fetched."""
     refs = {ref.name: ref for ref in request.inputs}
     wanted: dict[str, dict[str, None]] = {ref.name: {} for ref in request.inputs}  # name -> datum paths
@@ -43,11 +51,20 @@ def stage_inputs(request: ShardRequest, inputs_dir: Path) -> int:
             wanted[name].update((_checked(name, p), None) for p in paths)
     for name in wanted:
         (inputs_dir / name).mkdir(parents=True, exist_ok=True)
+    staged = 0
+    if store is not None and request.providers:
+        pulled = [(name, path) for name, paths in wanted.items() for path in _outermost(paths)
+                  if refs[name].url.startswith("ipfs://")]
+        _all([(refs[name], path, lambda n=name, p=path: _pull(refs[n], p, store, request.providers,
+                                                              _target(inputs_dir, n, p)))
+              for name, path in pulled])
+        staged = _size_of(inputs_dir)
+        wanted = {name: paths for name, paths in wanted.items() if not refs[name].url.startswith("ipfs://")}
+    datums = [(name, path) for name, paths in wanted.items() for path in paths]
     roots: dict[str, InputRoot] = {  # each input is resolved once per shard, not per datum
         name: _guarded(refs[name], "/", lambda url=refs[name].url: open_input(url))
         for name, paths in wanted.items() if paths
     }
-    datums = [(name, path) for name, paths in wanted.items() for path in paths]
     trees = _all([(refs[name], path, lambda n=name, p=path: roots[n].subtree(p)) for name, path in datums])
     files: dict[Path, tuple[str, str]] = {}  # target -> (input name, path); once each
     for (name, _), (dirs, paths) in zip(datums, trees):
@@ -60,7 +77,38 @@ def stage_inputs(request: ShardRequest, inputs_dir: Path) -> int:
     sizes = _all([(refs[name], path, lambda t=target, n=name, p=path: roots[n].fetch(p, t))
                   for target, (name, path) in files.items()])
     _make_read_only(inputs_dir)
-    return sum(sizes)
+    return staged + sum(sizes)
+
+
+def _pull(ref: InputRef, path: str, store: ContentStore, providers: list[str], target: Path) -> None:
+    """Pull the blocks of one datum of an `ipfs://CID[/sub]` input into the node's store, then
+    write the datum out from there to `target`."""
+    cid, _, sub = ref.url[len("ipfs://"):].partition("/")
+    where = "/".join(p for p in (sub, path.lstrip("/")) if p)
+    try:
+        pull(store, cid, providers, where)
+        found = dag.resolve(store, f"{cid}/{where}")[-1]
+    except FileNotFoundError:
+        raise StagingError(f"cannot stage input {ref.name!r} path {path}: not in {ref.url}",
+                           retryable=False) from None
+    store.export(unixfs.cid_to_str(found), target)
+
+
+def _outermost(paths: dict[str, None]) -> list[str]:
+    """The datum paths not under another one (a datum `/a` already holds `/a/b`)."""
+    ordered = sorted(paths)
+    kept: list[str] = []
+    for p in ordered:
+        if not any(p == k or k == "/" or p.startswith(k + "/") for k in kept):
+            kept.append(p)
+    return kept
+
+
+def _size_of(root: Path) -> int:
+    total = 0
+    for dirpath, _, names in os.walk(root):
+        total += sum(os.lstat(os.path.join(dirpath, n)).st_size for n in names)
+    return total
 
 
 def _checked(name: str, path: str) -> str:

@@ -217,10 +217,13 @@ class InputRoot:
         return posixpath.basename(name) or "input"
 
 
-def open_input(url: str) -> InputRoot:
-    """Resolve `url` (a local path, file://, memory://, http(s)://, s3://, ...) to its root."""
+def open_input(url: str, *, store_root: str | None = None) -> InputRoot:
+    """Resolve `url` (a local path, file://, memory://, http(s)://, s3://, ...) to its root.
+    `store_root`: the content store that `ipfs://` reads first (default $BFLOW_HOME/store)."""
     protocol = split_protocol(url)[0]
     options: dict[str, Any] = {}
+    if protocol == "ipfs" and store_root:
+        options["store_root"] = store_root
     if protocol in ("http", "https"):
         import aiohttp
 

@@ -35,6 +35,7 @@ from aiohttp import web
 
 from ..errors import BflowError, BlockNotFound, ContentError
 from . import dag, unixfs
+from .car import car_block, car_header
 from .store import ContentStore
 
 log = logging.getLogger("bacalhau_flow.gateway")
@@ -50,12 +51,17 @@ _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 class Gateway:
     """An HTTP server for one content store, on the running event loop.
 
-    `port=0` takes any free port; `url` is known once `start()` returns."""
+    `port=0` takes any free port; `url` is known once `start()` returns. `advertise`: the
+    host others reach it by, when that is not the address it listens on (a gateway listening
+    on 0.0.0.0, or behind NAT); by default the listening address, or for 0.0.0.0 this
+    machine's name."""
 
-    def __init__(self, store: ContentStore, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, store: ContentStore, host: str = "127.0.0.1", port: int = 0,
+                 advertise: str | None = None):
         self.store = store
         self.host = host
         self.port = port
+        self.advertise = advertise
         self._runner: web.AppRunner | None = None
         self.url: str | None = None
 
@@ -70,7 +76,7 @@ class Gateway:
             raise BflowError(f"cannot serve an IPFS gateway on {self.host}:{self.port}: {e.strerror or e}",
                              hint="choose another port, or 0 for any free port") from None
         self.port = site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked
-        host = self.host if self.host not in ("0.0.0.0", "::", "") else _public_host()
+        host = self.advertise or (self.host if self.host not in ("0.0.0.0", "::", "") else _public_host())
         self.url = f"http://{'[' + host + ']' if ':' in host else host}:{self.port}"
         return self.url
 
@@ -78,6 +84,17 @@ class Gateway:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+
+def gateway_for(store: ContentStore, transport, host: str | None = None, port: int = 0,
+                advertise: str | None = None) -> Gateway:
+    """The gateway beside a node or requester on `transport`'s network. By default it listens
+    on, and advertises, the local address of the connection to the network: 127.0.0.1 on a
+    loopback network, the interface that reaches the nats-server on a real one. `host` sets
+    where it listens (0.0.0.0: everywhere), `advertise` the host others are told."""
+    local = transport.local_host() or "127.0.0.1"
+    bind = host or local
+    return Gateway(store, bind, port, advertise or (local if bind in ("0.0.0.0", "::", "") else None))
 
 
 def _public_host() -> str:
@@ -276,30 +293,6 @@ async def _listing(request, store, path: str, node: dag.Node, headers: dict) -> 
             f"<h1>{title}</h1>\n<table>\n" + "\n".join(rows) + "\n</table>\n</body></html>\n")
     return web.Response(text=body, content_type="text/html",
                         headers={**headers, "Etag": f'"{node.cid_str}.dir"'})
-
-
-# ------------------------------------------------------------------------------- CARv1
-
-def car_header(root: bytes) -> bytes:
-    """A CARv1 header: varint length, then DAG-CBOR `{"roots": [root], "version": 1}`
-    (keys in DAG-CBOR order: shorter first; a CID is tag 42 over 0x00 + its bytes)."""
-    link = b"\x00" + root
-    cbor = (b"\xa2" + b"\x65roots" + b"\x81" + b"\xd8\x2a" + _cbor_bytes_head(len(link)) + link
-            + b"\x67version" + b"\x01")
-    return unixfs._varint(len(cbor)) + cbor
-
-
-def car_block(cid: bytes, data: bytes) -> bytes:
-    """One CARv1 section: varint(length of CID + data), CID, data."""
-    return unixfs._varint(len(cid) + len(data)) + cid + data
-
-
-def _cbor_bytes_head(n: int) -> bytes:
-    if n < 24:
-        return bytes([0x40 + n])
-    if n < 256:
-        return bytes([0x58, n])
-    return bytes([0x59]) + n.to_bytes(2, "big")
 
 
 # ------------------------------------------------------------------------------- foreground

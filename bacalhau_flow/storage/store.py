@@ -142,6 +142,27 @@ class ContentStore:
                 node = self._decode(binary)[0]
                 stack.extend(self._link(link, binary) for link in reversed(node.links))
 
+    def walk(self, cid: str) -> Iterator[tuple[bytes, bool]]:
+        """(binary CID, held here) of each block of a DAG reachable through the blocks held
+        here: a missing block is listed, and ends its branch. What a pull still needs, or what
+        eviction may delete."""
+        seen: set[bytes] = set()
+        stack = [self._parse(cid)]
+        while stack:
+            binary = stack.pop()
+            if binary in seen:
+                continue
+            seen.add(binary)
+            held = os.path.isfile(self._path(binary))
+            yield binary, held
+            if held and unixfs.cid_codec(binary) == DAG_PB:
+                node = self._decode(binary)[0]
+                stack.extend(self._link(link, binary) for link in reversed(node.links))
+
+    def block_path(self, cid: str) -> str:
+        """Where block `cid` lives (or would) on disk."""
+        return self._path(self._parse(cid))
+
     def export(self, cid: str, dest: str | os.PathLike) -> None:
         """Write a file or tree to `dest`, verifying every block. `dest` must not exist, or be an
         empty directory for a tree; missing parents are created. On any error (ContentError
@@ -257,10 +278,13 @@ class ContentStore:
         key = unixfs.cid_to_str(binary)
         return os.path.join(self._blocks, key[-2:], key)
 
-    def _sink(self, binary: bytes, block: bytes | memoryview) -> None:
+    def sink(self, binary: bytes, block: bytes | memoryview) -> None:
+        """Keep a block just built here (by storage/unixfs.py's importers, which hashed it)."""
         path = self._path(binary)
         if not os.path.exists(path):
             self._write(path, block)
+
+    _sink = sink
 
     @staticmethod
     def _write(path: str, block: bytes | memoryview) -> None:

@@ -75,6 +75,18 @@ class Transport(abc.ABC):
     async def close(self) -> None:
         """Close the connection; pending requests fail with TransportError."""
 
+    def up_since(self) -> float:
+        """`time.monotonic()` when the connection last came up, `math.inf` while it is down.
+        A requester lets no lease run out while it is cut off, nor until the nodes have had a
+        lease's time to come back after it. 0.0: up for good (memory://)."""
+        return 0.0
+
+    def local_host(self) -> str | None:
+        """The address of this machine that the network reaches it by: the local end of the
+        connection (None when there is no connection to a machine, as in memory://). What a
+        gateway beside this process advertises unless told otherwise."""
+        return None
+
     @abc.abstractmethod
     async def publish(self, subject: str, envelope: Envelope) -> None:
         """Announce to every subscriber of `subject`; nobody listening is fine."""

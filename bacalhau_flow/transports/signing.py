@@ -65,6 +65,12 @@ class SignedTransport(Transport):
     async def close(self) -> None:
         await self.inner.close()
 
+    def local_host(self) -> str | None:
+        return self.inner.local_host()
+
+    def up_since(self) -> float:
+        return self.inner.up_since()
+
     async def publish(self, subject: str, envelope: Envelope) -> None:
         """Sign `envelope` (as this node) and announce it through the inner transport."""
         await self.inner.publish(subject, self._seal(envelope))

@@ -2,29 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 from typer.testing import CliRunner
 
 from bacalhau_flow.cli.main import app
+from bacalhau_flow.testing.remote import Outcome
 
 ROOT = Path(__file__).resolve().parents[2]
 PIPELINES = ROOT / "pipelines"
-
-
-@dataclass
-class Outcome:
-    code: int
-    stdout: str
-    stderr: str
-
-    def json(self):
-        return json.loads(self.stdout)
 
 
 def bflow(*args: str | Path) -> Outcome:

@@ -68,3 +68,63 @@ def test_nats_server_restarted_mid_job(tmp_path):
     got = tmp_path / "got"
     bflow("get", job["id"], "-o", got)
     assert sorted(p.name for p in (got / "outputs").iterdir()) == ["f0", "f1", "f2", "f3"]
+
+
+def test_nats_server_down_longer_than_a_lease_loses_nothing(tmp_path):
+    """30 s without a nats-server (five leases) in the middle of a 20-shard job: the
+    requester lets no lease run out while it is cut off, the nodes keep running and deliver
+    when it is back. Every shard completes, each on its first attempt."""
+    from bacalhau_flow_nats.server import NatsServer
+
+    server = NatsServer().start()
+    spec = shards_spec(tmp_path, "outage", 20, 1)
+    try:
+        with Devstack(server.url, nodes=2, root=tmp_path / "nodes"):
+            thread, holder = run_in_thread("run", spec, "--network", server.url, "--json")
+            wait_for_running_shard("outage")
+            server.restart(down_for=30.0)
+            thread.join(240)
+    finally:
+        server.stop()
+    job = holder["r"].json()
+    assert job["state"] == "completed", holder["r"].stderr
+    assert [s["attempts"] for s in job["shards"]] == [1] * 20
+    got = tmp_path / "got"
+    bflow("get", job["id"], "-o", got)
+    assert sorted(p.name for p in (got / "outputs").iterdir()) == sorted(f"f{i}" for i in range(20))
+
+
+def test_two_networks_joined_as_leaf_run_each_others_jobs(tmp_path):
+    """A devstack joined to another with `--join` (its nats-server a leaf of the other's):
+    `bflow nodes` on either side lists both sides' nodes, and a job sent to one side with a
+    selector only the other side's nodes match completes there."""
+    from bacalhau_flow_nats.server import NatsServer
+
+    hub = NatsServer(leaf_port=0).start()
+    leaf = NatsServer(leaf_remotes=[hub.leaf_url]).start()
+    try:
+        leaf.wait_for_leaves(1)
+        with Devstack(hub.url, nodes=1, root=tmp_path / "a", labels=[{"side": "a"}]) as a, \
+                Devstack(leaf.url, nodes=1, root=tmp_path / "b", labels=[{"side": "b"}]) as b:
+            both = {a.nodes[0].id, b.nodes[0].id}
+            for url in (hub.url, leaf.url):
+                listed = bflow("nodes", "--network", url, "--json").json()
+                assert both <= {n["id"] for n in listed}
+            d = tmp_path / "d"
+            d.mkdir()
+            (d / "x.txt").write_text("x\n")
+            spec = write_spec(tmp_path, "pipeline: far\ninput: {url: d, glob: '/*'}\nselector: {side: b}\n"
+                                        "transform: {cmd: [sh, -c, 'cp $BFLOW_INPUTS/d/* $BFLOW_OUTPUTS/']}\n")
+            job = bflow("run", spec, "--network", hub.url, "--json").json()
+    finally:
+        leaf.stop()
+        hub.stop()
+    assert job["state"] == "completed"
+    assert job["shards"][0]["node"] == b.nodes[0].id
+
+
+def test_join_to_a_url_that_does_not_answer_is_a_clear_error(tmp_path):
+    done = bflow("devstack", "--nodes", "1", "--join", "nats://127.0.0.1:1")
+    assert done.code != 0
+    assert "--join nats://127.0.0.1:1: no nats-server answered" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -9,6 +9,17 @@ cluster:
     a = NatsServer(cluster_port=0).start()
     b = NatsServer(cluster_port=0, routes=[a.cluster_url]).start()
     b.wait_for_routes(1)
+
+Networks join as leaf nodes (what `bflow devstack --join` does): a server started with
+`leaf_port` accepts leaf connections there (`leaf_url`); one started with `leaf_remotes`
+connects to those URLs (the servers of one network: any of them will do) as a leaf, so
+subjects flow both ways and the two networks act as one:
+
+    hub = NatsServer(leaf_port=0).start()
+    leaf = NatsServer(leaf_remotes=[hub.leaf_url]).start()
+    leaf.wait_for_leaves(1)
+
+The server's folder (ports file, log, config) is removed by `stop()` when it was made here.
 """
 
 from __future__ import annotations
@@ -79,6 +90,8 @@ class NatsServer:
         binary: str | None = None,
         workdir: str | Path | None = None,
         args: list[str] | tuple[str, ...] = (),
+        leaf_port: int | None = None,
+        leaf_remotes: list[str] | tuple[str, ...] = (),
     ):
         self.host, self.port, self.cluster_port = host, port, cluster_port
         self.monitor_port: int | None = 0 if monitor else None
@@ -86,6 +99,9 @@ class NatsServer:
         if self.routes and self.cluster_port is None:
             self.cluster_port = 0
         self.binary = binary or find_binary()
+        self.leaf_port = _free_port(host) if leaf_port == 0 else leaf_port  # kept across restarts
+        self.leaf_remotes = [_leaf_scheme(u) for u in leaf_remotes]
+        self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="bflow-nats-"))
         self.log_path = self.workdir / "nats-server.log"
         self.args = list(args)
@@ -103,6 +119,13 @@ class NatsServer:
         if self.cluster_port is None:
             raise NatsServerError("this nats-server has no cluster port", hint="pass cluster_port=0 (any free port)")
         return f"nats://{self.host}:{self.cluster_port}"
+
+    @property
+    def leaf_url(self) -> str:
+        """The URL other networks join this one by (`bflow devstack --join`)."""
+        if self.leaf_port is None:
+            raise NatsServerError("this nats-server accepts no leaf nodes", hint="pass leaf_port=0 (any free port)")
+        return f"nats://{self.host}:{self.leaf_port}"
 
     @property
     def monitor_url(self) -> str | None:
@@ -123,7 +146,22 @@ class NatsServer:
             cmd += ["--cluster", f"nats://{self.host}:{self.cluster_port or -1}", "--cluster_name", self.cluster_name]
         if self.routes:
             cmd += ["--routes", ",".join(self.routes)]
+        if self.leaf_port is not None or self.leaf_remotes:
+            cmd += ["-c", str(self._write_config())]
         return cmd + self.args
+
+    def _write_config(self) -> Path:
+        """Leaf node settings exist only in a config file (the flags above still apply)."""
+        lines = ["leafnodes {"]
+        if self.leaf_port is not None:
+            lines.append(f'  listen: "{self.host}:{self.leaf_port}"')
+        if self.leaf_remotes:
+            lines.append("  remotes: [ { urls: [" + ", ".join(json.dumps(u) for u in self.leaf_remotes) + "] } ]")
+        lines.append("}")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        path = self.workdir / "nats-server.conf"
+        path.write_text("\n".join(lines) + "\n")
+        return path
 
     def start(self, timeout: float = 10.0) -> "NatsServer":
         """Start the server and wait until it accepts client connections."""
@@ -144,7 +182,13 @@ class NatsServer:
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop the server (SIGTERM, then SIGKILL after `timeout`). Stopping a stopped server is fine."""
+        """Stop the server (SIGTERM, then SIGKILL after `timeout`) and remove its folder when
+        it was made here. Stopping a stopped server is fine."""
+        self._halt(timeout)
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _halt(self, timeout: float = 5.0) -> None:
         process, self.process = self.process, None
         _running.discard(self)
         if process is None:
@@ -160,7 +204,7 @@ class NatsServer:
 
     def restart(self, timeout: float = 10.0, down_for: float = 0.0) -> "NatsServer":
         """Stop, stay down `down_for` seconds, and start again on the same ports."""
-        self.stop()
+        self._halt()
         if down_for:
             time.sleep(down_for)
         return self.start(timeout)
@@ -238,12 +282,48 @@ class NatsServer:
                 raise NatsServerError(f"nats-server {self.url} did not reach {peers} peer(s) in time{self._log_tail()}")
             time.sleep(0.05)
 
+    def leafz(self) -> dict:
+        """The server's /leafz monitoring page (needs monitor=True)."""
+        if self.monitor_url is None:
+            raise NatsServerError("this nats-server has no monitoring port", hint="start it with monitor=True")
+        with urllib.request.urlopen(f"{self.monitor_url}/leafz", timeout=2) as response:
+            return json.load(response)
+
+    def wait_for_leaves(self, count: int, timeout: float = 10.0) -> None:
+        """Wait until this server has `count` leaf connections (to a hub, or from leaves)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if (self.leafz().get("leafnodes") or 0) >= count:
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise NatsServerError(f"nats-server {self.url} has no leaf connection after {timeout:g} s"
+                                      f"{self._log_tail(5)}")
+            time.sleep(0.05)
+
     def _log_tail(self, lines: int = 15) -> str:
         try:
             tail = self.log_path.read_text(errors="replace").splitlines()[-lines:]
         except OSError:
             return ""
         return "\n  " + "\n  ".join(tail) if tail else ""
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _leaf_scheme(url: str) -> str:
+    """nats://h:p (what users type) -> nats-leaf://h:p (what a leaf remote names)."""
+    url = url.strip()
+    if "://" not in url:
+        url = "nats://" + url
+    scheme, rest = url.split("://", 1)
+    return ("nats-leaf" if scheme in ("nats", "nats-leaf") else scheme) + "://" + rest
 
 
 def start_cluster(

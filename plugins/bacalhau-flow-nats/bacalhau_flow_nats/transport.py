@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import math
 import random
+import time
 import uuid
 from typing import Any
 
@@ -127,6 +129,7 @@ class NatsTransport(Transport):
         self._requests: set[asyncio.Task] = set()  # requests awaiting a reply
         self._echo_subject: str | None = None  # our own inbox, for _barrier
         self._echoes: dict[bytes, asyncio.Future] = {}
+        self._up_since = 0.0  # monotonic time of the last (re)connection; inf while down
 
     def __repr__(self) -> str:
         return f"NatsTransport({self.url!r})"
@@ -198,12 +201,24 @@ class NatsTransport(Transport):
             log.warning("NATS connection error: %r", e)
 
     async def _on_disconnected(self) -> None:
+        self._up_since = math.inf
         if not self._closed and self._nc is not None:
             log.warning("lost the connection to NATS (%s); reconnecting", self.url)
 
     async def _on_reconnected(self) -> None:
+        self._up_since = time.monotonic()
         nc = self._nc
         log.warning("reconnected to NATS at %s", nc.connected_url.netloc if nc and nc.connected_url else self.url)
+
+    def up_since(self) -> float:
+        return self._up_since if self.is_connected else math.inf
+
+    def local_host(self) -> str | None:
+        """The local address of the connection to the current nats-server: 127.0.0.1 on a
+        loopback network, the routable address of this machine's interface on a real one."""
+        writer = getattr(getattr(self._nc, "_transport", None), "_io_writer", None)
+        sockname = writer.get_extra_info("sockname") if writer is not None else None
+        return sockname[0] if sockname else None
 
     async def close(self) -> None:
         """Close the connection: pending requests fail with TransportError, handlers in flight

@@ -1,0 +1,157 @@
+"""Pulling a DAG into a content store over HTTP: how blocks travel between machines.
+
+Whoever needs blocks (a node staging an `ipfs://` input, a requester collecting a shard's
+outputs) names the CID and the providers that may hold it: base URLs of bflow gateways
+(storage/gateway.py), the requester's own and the nodes'. A path whose blocks are not here
+at all comes as one CARv1 stream (`/ipfs/CID/path?format=car&dag-scope=all`). Otherwise `pull`
+first finds what is missing (walking the blocks already present, so what an earlier shard or
+attempt brought is not fetched again), then fetches each missing subtree as one CAR, up to
+PARALLEL_PULLS at a time. Providers are tried in order: one that does not answer, lacks
+the CID or sends a block that does not hash to its CID is skipped for the next. Every block is
+checked before it is stored; what a provider sent correctly stays, so the next one is asked
+only for the rest. Plain `http.client` on threads: one stream runs at disk speed (bench/
+transfer_bench.py), and the callers are threads already.
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Iterator, Sequence
+from urllib.parse import quote, urlsplit
+
+from ..errors import BlockNotFound, ContentError
+from . import unixfs
+from .car import read_car
+from .store import ContentStore
+
+log = logging.getLogger(__name__)
+
+PARALLEL_PULLS = 8  # subtrees fetched at the same time
+CONNECT_TIMEOUT_S = 5.0  # a provider that cannot be reached fails fast, so the next one is tried
+READ_TIMEOUT_S = 30.0  # between two reads of one stream
+WRITERS = 4  # threads checking and writing the blocks of one stream
+IN_FLIGHT = 32  # blocks of one stream received but not yet written (8 MiB of 256 KiB leaves)
+CAR_TYPE = "application/vnd.ipld.car"
+
+
+class PullError(ContentError):
+    """No provider could give a block that a DAG needs."""
+
+
+def pull(store: ContentStore, cid: str, providers: Sequence[str], path: str = "") -> int:
+    """Make every block of `ipfs://cid[/path]` present in `store`; return the bytes fetched.
+    FileNotFoundError when the path is not in its directory; PullError when some block is
+    on no provider (naming the CID and what each provider answered)."""
+    root = unixfs.parse_cid(cid)
+    names = [part for part in path.split("/") if part]
+    fetched = 0
+    target = _resolve_here(store, root, names)
+    if target is None:  # a directory on the way is missing: the whole path is new here, in one CAR
+        fetched += _fetch(store, f"{cid}/{'/'.join(quote(n) for n in names)}", None, providers, "all")
+        target = _resolve_here(store, root, names)
+        if target is None:
+            raise PullError(f"ipfs://{cid}/{'/'.join(names)}: the providers sent an incomplete path",
+                            hint="a provider is faulty; try again, or another provider")
+    missing = missing_roots(store, target)
+    if len(missing) == 1:
+        fetched += _fetch(store, unixfs.cid_to_str(missing[0]), missing[0], providers, "all")
+    elif missing:
+        with ThreadPoolExecutor(min(PARALLEL_PULLS, len(missing)), thread_name_prefix="bflow-pull") as pool:
+            fetched += sum(pool.map(lambda c: _fetch(store, unixfs.cid_to_str(c), c, providers, "all"), missing))
+    left = missing_roots(store, target)
+    if left:
+        raise PullError(f"block {unixfs.cid_to_str(left[0])} of {cid} is not on any provider "
+                        f"({', '.join(providers) or 'none given'})")
+    return fetched
+
+
+def missing_roots(store: ContentStore, cid: bytes) -> list[bytes]:
+    """The CIDs under `cid` (itself included) whose blocks are absent, none under another:
+    each names one subtree to fetch. Only directory and file nodes present are read."""
+    return [block for block, held in store.walk(unixfs.cid_to_str(cid)) if not held]
+
+
+def _resolve_here(store: ContentStore, root: bytes, names: list[str]) -> bytes | None:
+    """The CID at `root/names...` from blocks already here; None when one on the way is missing."""
+    from . import dag
+
+    if not names:
+        return root
+    try:
+        return dag.resolve(store, "/".join([unixfs.cid_to_str(root), *names]))[-1]
+    except BlockNotFound:
+        return None
+
+
+def _fetch(store: ContentStore, ipfs_path: str, root: bytes | None, providers: Sequence[str],
+           scope: str) -> int:
+    """Fetch the CAR of `/ipfs/<ipfs_path>` from the first provider that serves it whole;
+    return the bytes of the new blocks stored. `root`: the CID the CAR must be rooted at."""
+    failures = []
+    for provider in providers:
+        try:
+            return _fetch_from(store, provider, ipfs_path, root, scope)
+        except FileNotFoundError:
+            failures.append(f"{provider}: does not have it")
+        except ContentError as e:
+            failures.append(f"{provider}: {e}")
+            log.warning("pull: %s sent bad content for %s: %s", provider, ipfs_path, e)
+        except (OSError, http.client.HTTPException) as e:
+            failures.append(f"{provider}: cannot fetch ({type(e).__name__}: {e})".replace(": )", ")"))
+    raise PullError(f"ipfs://{ipfs_path} could not be fetched from any provider: "
+                    + ("; ".join(failures) or "no provider was given"),
+                    hint="check that the providers' addresses are reachable from this machine "
+                         "(`bflow node --advertise HOST`)")
+
+
+def _fetch_from(store: ContentStore, provider: str, ipfs_path: str, root: bytes | None, scope: str) -> int:
+    parts = urlsplit(provider)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ContentError(f"not an http(s) gateway URL: {provider!r}")
+    kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    conn = kind(parts.hostname, parts.port, timeout=CONNECT_TIMEOUT_S)
+    try:
+        conn.connect()
+        conn.sock.settimeout(READ_TIMEOUT_S)
+        conn.request("GET", f"{parts.path.rstrip('/')}/ipfs/{ipfs_path}?format=car&dag-scope={scope}",
+                     headers={"Accept": CAR_TYPE})
+        response = conn.getresponse()
+        if response.status == 404:
+            raise FileNotFoundError(ipfs_path)
+        if response.status != 200:
+            raise ContentError(f"answered HTTP {response.status} {response.reason}")
+        return _store_all(store, read_car(response, root))
+    finally:
+        conn.close()
+
+
+def _store_all(store: ContentStore, blocks: Iterator[tuple[bytes, bytes]]) -> int:
+    """Check and store the blocks as they arrive; return the bytes of those that were new.
+    Hashing and writing run on WRITERS threads while this one reads the next block off the
+    socket (one file per block: writing alone took as long as receiving, profiled), with at
+    most IN_FLIGHT blocks held in memory. The first bad block raises ContentError."""
+    pending: deque[Future] = deque()
+    stored = 0
+
+    def keep(cid: bytes, data: bytes) -> int:
+        text = unixfs.cid_to_str(cid)
+        if store.has(text):  # a block held already is neither checked nor written again
+            return 0
+        store.put_block(text, data)  # checks it against its CID: ContentError if not
+        return len(data)
+
+    with ThreadPoolExecutor(WRITERS, thread_name_prefix="bflow-pull-write") as pool:
+        try:
+            for cid, data in blocks:
+                pending.append(pool.submit(keep, cid, data))
+                while len(pending) >= IN_FLIGHT or (pending and pending[0].done()):
+                    stored += pending.popleft().result()
+            while pending:
+                stored += pending.popleft().result()
+        finally:
+            for f in pending:
+                f.cancel()
+    return stored
