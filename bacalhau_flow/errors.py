@@ -55,6 +55,23 @@ class NotYetSupported(SpecError):
     """A documented feature that this version does not implement yet."""
 
 
+class SpecErrors(SpecError):
+    """Several spec errors of one file at once: `errors` in line order, one located line each.
+
+    `file`, `line`, `column`, `field` and `detail` are the first error's; the message is every
+    error's `file:line:column: field: message`, one per line; `more` counts those left out."""
+
+    def __init__(self, errors: list[SpecError], *, more: int = 0):
+        first = errors[0]
+        self.errors, self.more = list(errors), more
+        self.file, self.line, self.column, self.field = first.file, first.line, first.column, first.field
+        self.detail = first.detail
+        hints = list(dict.fromkeys(e.hint for e in errors if e.hint))
+        if more:
+            hints.append(f"{more} more error(s) not shown: fix these first")
+        BflowError.__init__(self, "\n".join(e.message for e in errors), hint="; ".join(hints) or None)
+
+
 class PlanError(BflowError):
     """The inputs of a pipeline cannot be listed or globbed."""
 
@@ -63,6 +80,11 @@ class PlanError(BflowError):
 
 class InputNotFound(PlanError):
     """An input url names nothing."""
+
+
+class InputPathMissing(SpecError, InputNotFound):
+    """A local input path (relative to the spec file, or file://) does not exist: located at its
+    `url:` line in the spec, and an `InputNotFound` too."""
 
 
 class InputUnreachable(PlanError):

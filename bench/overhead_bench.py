@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+OWN_HOME = "BFLOW_HOME" not in os.environ  # then its Prefect server is stopped at the end
 os.environ.setdefault("BFLOW_HOME", tempfile.mkdtemp(prefix="bflow-bench-"))
 from bacalhau_flow.flow.prefect_api import use_prefect  # noqa: E402
 
@@ -114,4 +115,10 @@ def main(sizes: list[int]) -> None:
 
 
 if __name__ == "__main__":
-    main([int(a) for a in sys.argv[1:]] or [1, 100, 1000])
+    try:
+        main([int(a) for a in sys.argv[1:]] or [1, 100, 1000])
+    finally:
+        if OWN_HOME:  # an idle server left behind keeps using CPU and skews later runs
+            from bacalhau_flow.flow.server import stop_server
+
+            stop_server()

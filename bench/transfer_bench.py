@@ -49,15 +49,16 @@ WORK = Path(tempfile.mkdtemp(prefix="bflow-bench-transfer-"))
 
 def output(mb: int) -> None:
     server = NatsServer().start()
-    node = subprocess.Popen([sys.executable, "-m", "bacalhau_flow.cli", "node", "--network", server.url],
+    me = Identity.generate()
+    node = subprocess.Popen([sys.executable, "-m", "bacalhau_flow.cli", "node", "--network", server.url,
+                             "--trust", me.node_id, "--allow-path", str(WORK)],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             env=dict(os.environ, BFLOW_HOME=str(WORK / "node-home")))
     try:
         node_id = node.stdout.readline().decode().strip()  # printed once it has joined
 
         async def collect():
-            requester = Requester(SignedTransport(transport_for(server.url), Identity.generate()),
-                                  ContentStore(WORK / "requester"))
+            requester = Requester(SignedTransport(transport_for(server.url), me), ContentStore(WORK / "requester"))
             await requester.transport.connect()
             await requester.start(expect_nodes=1)
             (WORK / "seed").write_text("seed\n")

@@ -5,6 +5,8 @@ every `bflow` process they start (they inherit PREFECT_API_URL), stopped at the 
 import os
 import tempfile
 
+import pytest
+
 os.environ["BFLOW_HOME"] = os.environ.get("BFLOW_TEST_HOME") or tempfile.mkdtemp(prefix="bflow-test-")
 os.environ.pop("PREFECT_API_URL", None)
 
@@ -14,6 +16,20 @@ use_prefect()
 
 # Fixtures of real parts that several test folders use: `s3_server` (a moto S3 server).
 pytest_plugins = ["bacalhau_flow.testing.s3"]
+
+
+# Variables that `bflow` commands set for the rest of their process (the NATS security
+# options, --advertise): tests run commands in this process, so each test gets them back.
+_COMMAND_SET = ("BFLOW_NATS_", "BFLOW_ADVERTISE")
+
+
+@pytest.fixture(autouse=True)
+def _restore_command_environment():
+    before = {k: v for k, v in os.environ.items() if k.startswith(_COMMAND_SET)}
+    yield
+    for key in [k for k in os.environ if k.startswith(_COMMAND_SET)]:
+        del os.environ[key]
+    os.environ.update(before)
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -20,6 +20,7 @@ import typer
 
 from .. import __version__
 from ..errors import BflowError
+from . import nats_options
 from . import network as network_cli
 from . import render
 from . import server as server_cli
@@ -69,18 +70,29 @@ def _print_json(data) -> None:
 
 # -- spec ------------------------------------------------------------------------
 @command()
-def validate(spec: Path = typer.Argument(..., help="pipeline spec (YAML)")):
-    """Check a spec; exit 0, or 2 with the located error."""
+def validate(spec: Path = typer.Argument(..., help="pipeline spec (YAML)"),
+             as_json: bool = typer.Option(False, "--json", help='{"spec", "valid", "pipelines"} or '
+                                                                 '{"spec", "valid": false, "error"}')):
+    """Check a spec; exit 0, or 2 with the located errors."""
     from ..flow.dag import build_dag
     from ..spec import load_spec
 
-    pipelines = load_spec(spec)
-    build_dag(pipelines)  # pipeline:// inputs name a pipeline of the file or one that completed here
-    render.err.print(f"{spec}: {len(pipelines)} pipeline(s) valid: {', '.join(p.name for p in pipelines)}")
+    try:
+        pipelines = load_spec(spec)
+        build_dag(pipelines)  # pipeline:// inputs name a pipeline of the file or one that completed here
+    except BflowError as e:
+        if as_json:
+            print(json.dumps({"spec": str(spec), "valid": False, "error": str(e), "hint": e.hint}))
+        raise
+    if as_json:
+        print(json.dumps({"spec": str(spec), "valid": True, "pipelines": [p.name for p in pipelines]}))
+        return
+    render.err.print(f"{spec}: {render.plural(len(pipelines), 'pipeline')} valid: "
+                     f"{', '.join(p.name for p in pipelines)}")
 
 
 @command()
-def schema():
+def schema(as_json: bool = typer.Option(True, "--json", help="the schema is JSON either way")):
     """Print the JSON Schema of a pipeline document (for editors)."""
     from ..spec import json_schema
 
@@ -115,12 +127,17 @@ def run(
     job_ids: Optional[str] = typer.Option(None, hidden=True, help="ids for the jobs (used by --detach)"),
     reprocess: bool = typer.Option(False, "--reprocess", help="run every shard, reusing no earlier result"),
     advertise: Optional[str] = typer.Option(None, help=network_cli.ADVERTISE_HELP),
+    tls_ca: Optional[Path] = nats_options.TLS_CA_OPTION,
+    tls_cert: Optional[Path] = nats_options.TLS_CERT_OPTION,
+    tls_key: Optional[Path] = nats_options.TLS_KEY_OPTION,
+    creds: Optional[Path] = nats_options.CREDS_OPTION,
 ):
     """Run every pipeline in SPEC; wait, show progress, print the merged stdout."""
     from ..spec import load_spec
 
     pipelines = load_spec(spec)
     _advertise(advertise)
+    network = nats_options.secure(network, tls_ca, tls_cert, tls_key, creds)
     if detach:
         return _detach(spec, pipelines, network, output, reprocess)
     from ..flow.dag import build_dag, not_run_reason, plan_dag
@@ -160,7 +177,7 @@ def _summarise(record) -> None:
     done = sum(s.state == "completed" for s in record.shards)
     reused = sum(s.state == "skipped" for s in record.shards)
     line = (f"job {record.id} ({record.pipeline}): {render.styled(record.state)}, "
-            f"{done + reused}/{len(record.shards)} shards completed")
+            f"{done + reused}/{render.plural(len(record.shards), 'shard')} completed")
     if reused:
         line += f" ({reused} reused from earlier jobs)"
     render.err.print(line, highlight=False, soft_wrap=True)
@@ -228,6 +245,9 @@ def describe(job: str, as_json: bool = typer.Option(False, "--json")):
         render.out.print(f"published {record.published}", highlight=False, markup=False)
     if record.error:
         render.out.print(f"error: {record.error}", highlight=False, markup=False)
+    if record.dropped:
+        render.out.print(f"dropped {record.dropped} report(s) (progress, results, blocks) from nodes the shards "
+                         "were not given to: someone on the network is sending them", highlight=False, markup=False)
     render.out.print(render.shards_table(record.shards))
 
 
@@ -264,11 +284,16 @@ def rerun(
     network: Optional[str] = typer.Option(None, help="network URL; default: an embedded network of 3 nodes"),
     as_json: bool = typer.Option(False, "--json", help="print the job as JSON when it ends"),
     advertise: Optional[str] = typer.Option(None, help=network_cli.ADVERTISE_HELP),
+    tls_ca: Optional[Path] = nats_options.TLS_CA_OPTION,
+    tls_cert: Optional[Path] = nats_options.TLS_CERT_OPTION,
+    tls_key: Optional[Path] = nats_options.TLS_KEY_OPTION,
+    creds: Optional[Path] = nats_options.CREDS_OPTION,
 ):
     """Run the failed shards of a job (or the chosen ones) again, as new attempts of that job."""
     from ..flow.rerun import rerun_job
 
     _advertise(advertise)
+    network = nats_options.secure(network, tls_ca, tls_cert, tls_key, creds)
     with render.ShardProgress(enabled=True) as progress:
         with progress.job("rerun", len(shard) if shard else None) as on_progress:
             record, ran = rerun_job(job, shard, network=network, on_progress=on_progress)
@@ -342,11 +367,29 @@ def cancel(job: str, wait: float = typer.Option(30.0, help="seconds to wait for 
 
 
 @command()
-def version(network: Optional[str] = typer.Option(None, help="also show the nodes of this network")):
+def version(network: Optional[str] = typer.Option(None, help="also show the nodes of this network"),
+            as_json: bool = typer.Option(False, "--json", help='{"version": ..., "nodes": [{"id", "version"}]}')):
     """The client version, and the versions of the nodes it can see."""
+    nodes = network_cli.version_of_network(network) if network else []
+    if as_json:
+        out = {"version": __version__}
+        if network:
+            out["nodes"] = [{"id": n.id, "version": n.version} for n in nodes]
+        print(json.dumps(out))
+        return
     print(f"bflow {__version__}")
-    if network:
-        network_cli.version_of_network(network)
+    for n in nodes:
+        print(f"node {n.id} {n.version}")
+
+
+@command("id")
+def id_(as_json: bool = typer.Option(False, "--json", help='print {"id": ...}')):
+    """The requester id of this $BFLOW_HOME: the key `bflow run` signs with. A node runs its
+    shards once it trusts this id (`bflow node --trust ID`)."""
+    from ..network.embedded import client_identity
+
+    ident = client_identity().node_id
+    print(json.dumps({"id": ident}) if as_json else ident)
 
 
 # -- schedules -------------------------------------------------------------------
@@ -355,19 +398,31 @@ def deploy(
     spec: Path,
     network: Optional[str] = typer.Option(None, help="network URL the runs use; default: an embedded network"),
     delete: bool = typer.Option(False, "--delete", help="remove the deployments of SPEC's pipelines"),
+    tls_ca: Optional[Path] = nats_options.TLS_CA_OPTION,
+    tls_cert: Optional[Path] = nats_options.TLS_CERT_OPTION,
+    tls_key: Optional[Path] = nats_options.TLS_KEY_OPTION,
+    creds: Optional[Path] = nats_options.CREDS_OPTION,
 ):
     """Register a Prefect deployment (with its schedule) per pipeline in SPEC; `bflow serve` runs them."""
     from ..flow.deploy import deploy as deploy_spec
+
+    network = nats_options.secure(network, tls_ca, tls_cert, tls_key, creds, warn=None if delete else render.warn)
 
     for line in deploy_spec(spec, network=network, delete=delete, echo=_say):
         print(line, flush=True)
 
 
 @command()
-def serve(poll: float = typer.Option(1.0, help="seconds between looks for due runs")):
+def serve(poll: float = typer.Option(1.0, help="seconds between looks for due runs"),
+          tls_ca: Optional[Path] = nats_options.TLS_CA_OPTION,
+          tls_cert: Optional[Path] = nats_options.TLS_CERT_OPTION,
+          tls_key: Optional[Path] = nats_options.TLS_KEY_OPTION,
+          creds: Optional[Path] = nats_options.CREDS_OPTION):
     """Run the schedules of the deployed pipelines, and the runs retried from the Prefect UI,
     until Ctrl-C; uses the local Prefect server (started if needed) unless PREFECT_API_URL is set."""
     from ..flow.serve import serve as serve_deployments
+
+    nats_options.secure(None, tls_ca, tls_cert, tls_key, creds)
 
     serve_deployments(poll=poll, echo=lambda line: print(line, flush=True))
 

@@ -8,12 +8,13 @@ import shutil
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Optional
 
 import typer
 
 from ..errors import BflowError
-from . import render
+from . import nats_options, render
 
 ADVERTISE_HELP = ("host other machines reach this one's IPFS gateway by (default: the local address "
                   "of the connection to the network)")
@@ -67,7 +68,14 @@ def devstack(nodes: int = typer.Option(3, "--nodes", "-n", min=1, help="compute 
                  None, help="join another network: the join URL another devstack prints "
                             "(nats://HOST:PORT; several, comma-separated, for the servers of a cluster)"),
              label: list[str] = typer.Option([], help="k=v for every node, repeatable"),
-             advertise: Optional[str] = typer.Option(None, help=ADVERTISE_HELP)):
+             trust: list[str] = typer.Option([], help="a requester id the nodes trust besides this "
+                                                      "$BFLOW_HOME's own, repeatable"),
+             advertise: Optional[str] = typer.Option(None, help=ADVERTISE_HELP),
+             tls_ca: Optional[Path] = nats_options.TLS_CA_OPTION,
+             tls_cert: Optional[Path] = nats_options.TLS_CERT_OPTION,
+             tls_key: Optional[Path] = nats_options.TLS_KEY_OPTION,
+             server_cert: Optional[Path] = nats_options.SERVER_CERT_OPTION,
+             server_key: Optional[Path] = nats_options.SERVER_KEY_OPTION):
     """A local network of N compute nodes; prints the URL for `bflow run --network`. Its
     nats-server also takes leaf connections: another devstack started with `--join` that URL
     becomes one network with this one (jobs from either side run on nodes of both)."""
@@ -84,20 +92,28 @@ def devstack(nodes: int = typer.Option(3, "--nodes", "-n", min=1, help="compute 
         from bacalhau_flow_nats.server import NatsServer
     except ImportError as e:
         raise BflowError("the NATS plugin is not installed", hint="pip install -e plugins/bacalhau-flow-nats") from e
+    from ..network.embedded import client_identity
+    from ..network.trust import Trust, check_id
+
+    trusted = Trust([client_identity().node_id] + [check_id(t, "--trust") for t in trust])
     labels = _labels(label)
     remotes = [u.strip() for u in join.split(",") if u.strip()] if join else []
-    server = NatsServer(port, host=host, leaf_port=0, leaf_remotes=remotes).start()
+    nats_options.secure(None, tls_ca, tls_cert, tls_key)
+    secured = nats_options.server_security(server_cert, server_key)  # TLS, and the token or user of the environment
+    # A secured server takes no leaf connections: they would get past its TLS and authorization.
+    server = NatsServer(port, host=host, leaf_port=None if secured else 0, leaf_remotes=remotes, **secured).start()
     try:
         if remotes:
             _wait_joined(server, join)
         with Devstack(server.url, nodes, root=bflow_home() / "devstack", labels=[labels],
-                      advertise=advertise, keep=False) as stack:
+                      advertise=advertise, keep=False, trust=trusted) as stack:
             print(server.url, flush=True)
             render.err.print(f"{nodes} nodes on {server.url}; run pipelines with "
                              f"`bflow run SPEC --network {server.url}`; Ctrl-C stops", highlight=False)
             render.err.print(f"IPFS gateways: {' '.join(stack.gateways)}", highlight=False)
-            render.err.print(f"other networks join this one with `bflow devstack --join {server.leaf_url}`"
-                             + (f"; joined {join}" if remotes else ""), highlight=False)
+            if server.leaf_port is not None:
+                render.err.print(f"other networks join this one with `bflow devstack --join {server.leaf_url}`"
+                                 + (f"; joined {join}" if remotes else ""), highlight=False)
             _wait_for_signal()
     finally:
         server.stop()
@@ -126,14 +142,34 @@ def node(network: str = typer.Option(..., help="network URL, e.g. nats://127.0.0
              None, help="address the gateway listens on (0.0.0.0: all; default: the local address of "
                         "the connection to the network)"),
          advertise: Optional[str] = typer.Option(None, help=ADVERTISE_HELP),
+         tls_ca: Optional[Path] = nats_options.TLS_CA_OPTION,
+         tls_cert: Optional[Path] = nats_options.TLS_CERT_OPTION,
+         tls_key: Optional[Path] = nats_options.TLS_KEY_OPTION,
+         creds: Optional[Path] = nats_options.CREDS_OPTION,
          max_store: Optional[str] = typer.Option(
              None, help="content store size past which acknowledged results and used inputs are "
-                        "evicted, least recently used first, e.g. 20Gi (default: half the free disk)")):
-    """Start one compute node and serve until Ctrl-C. It serves its content store as an IPFS
-    trustless gateway; the URL is printed and announced (`bflow nodes` lists it)."""
-    from ..home import nodes_root
+                        "evicted, least recently used first, e.g. 20Gi (default: half the free disk)"),
+         trust: list[str] = typer.Option([], help="a requester id (`bflow id`) whose shards to run, repeatable; "
+                                                  "also read from $BFLOW_HOME/trusted"),
+         open_: bool = typer.Option(False, "--open", help="run docker and wasm shards for any requester "
+                                                          "(never local ones)"),
+         pass_env: list[str] = typer.Option([], "--pass-env", help="NAME of one of this process's environment "
+                                            "variables to give every shard, repeatable (shards see no other)"),
+         allow_path: list[Path] = typer.Option([], "--allow-path", help="a folder whose files shards may read as "
+                                               "local (file://) inputs, repeatable (default: none; remote "
+                                               "requesters send local inputs as ipfs:// content)")):
+    """Start one compute node and serve until Ctrl-C. It runs shards only for the requesters
+    it trusts (--trust, $BFLOW_HOME/trusted; --open: docker and wasm for anyone). It serves its
+    content store as an IPFS trustless gateway; the URL is printed and announced."""
+    from ..home import bflow_home, nodes_root
     from ..network.devstack import Devstack
+    from ..network.trust import Trust, check_id, load_trusted
 
+    trusted = Trust(load_trusted(bflow_home() / "trusted") + [check_id(t, "--trust") for t in trust], open=open_)
+    if not trusted.ids and not open_:
+        render.warn("this node trusts no requester yet, so it will run nothing: give it `--trust ID` "
+                    "(the requester's `bflow id`), list ids in $BFLOW_HOME/trusted, or use --open")
+    network = nats_options.secure(network, tls_ca, tls_cert, tls_key, creds)
     labels = _labels(label)
     capacity = capacity_from(cpu, memory, disk, gpu)
     root = nodes_root() / name
@@ -141,7 +177,8 @@ def node(network: str = typer.Option(..., help="network URL, e.g. nats://127.0.0
     store_limit = _size(max_store, "max-store") if max_store else shutil.disk_usage(root).free // 2
     with Devstack(network, 1, max_store=store_limit, capacity=capacity, labels=[labels], root=root, keys=[root / "node.key"],
                   gateway_port=None if gateway_port < 0 else gateway_port, gateway_host=gateway_host,
-                  advertise=advertise) as stack:
+                  advertise=advertise, trust=trusted, pass_env=pass_env,
+                  allow_paths=[_allowed_folder(a) for a in allow_path]) as stack:
         info = stack.nodes[0].info()
         print(info.id, flush=True)
         render.err.print(f"node {info.id} on {network} at {info.address}: cpu={info.total.cpu:g} "
@@ -151,6 +188,12 @@ def node(network: str = typer.Option(..., help="network URL, e.g. nats://127.0.0
             render.err.print(f"IPFS gateway: {info.gateway} (IPFS_GATEWAY={info.gateway} reads its outputs)",
                              highlight=False)
         _wait_for_signal()
+
+
+def _allowed_folder(path: Path) -> Path:
+    if not path.is_dir():
+        raise BflowError(f"--allow-path {path}: no such folder", hint="give a folder that exists on this machine")
+    return path.resolve()
 
 
 async def discover(url: str, wait: float = 2.0):
@@ -172,10 +215,25 @@ async def discover(url: str, wait: float = 2.0):
         await transport.close()
 
 
-def nodes(network: str = typer.Option(..., help="network URL"), as_json: bool = typer.Option(False, "--json"),
-          wait: float = typer.Option(2.0, help="seconds to listen for announcements")):
+async def embedded_nodes():
+    """The nodes a run without --network would start (they exist only while it runs)."""
+    from ..network.embedded import open_network
+
+    async with open_network(None) as requester:
+        return sorted(requester.live_nodes(), key=lambda n: n.id)
+
+
+def nodes(network: Optional[str] = typer.Option(None, help="network URL; default: the embedded network "
+                                                            "a `bflow run` without --network starts"),
+          as_json: bool = typer.Option(False, "--json"),
+          wait: float = typer.Option(2.0, help="seconds to listen for announcements"),
+          tls_ca: Optional[Path] = nats_options.TLS_CA_OPTION,
+          tls_cert: Optional[Path] = nats_options.TLS_CERT_OPTION,
+          tls_key: Optional[Path] = nats_options.TLS_KEY_OPTION,
+          creds: Optional[Path] = nats_options.CREDS_OPTION):
     """The nodes of a network and their capacity."""
-    found = asyncio.run(discover(network, wait))
+    network = nats_options.secure(network, tls_ca, tls_cert, tls_key, creds)
+    found = asyncio.run(discover(network, wait) if network else embedded_nodes())
     if as_json:
         sys.stdout.write(json.dumps([n.model_dump() for n in found], indent=2) + "\n")
         return
@@ -210,8 +268,15 @@ def gateway(port: int = typer.Option(8080, help="port to listen on (0: any free 
 
 def network(network: Optional[str] = typer.Option(None, help="network URL; without it, only where the job ran"),
             job: Optional[str] = typer.Option(None, help="the job whose shards to place (default: the newest)"),
-            wait: float = typer.Option(2.0, help="seconds to listen for announcements")):
-    """A picture of the network: its nodes with their load, and where a job's shards ran."""
+            wait: float = typer.Option(2.0, help="seconds to listen for announcements"),
+            tls_ca: Optional[Path] = nats_options.TLS_CA_OPTION,
+            tls_cert: Optional[Path] = nats_options.TLS_CERT_OPTION,
+            tls_key: Optional[Path] = nats_options.TLS_KEY_OPTION,
+            creds: Optional[Path] = nats_options.CREDS_OPTION,
+            as_json: bool = typer.Option(False, "--json", help="the nodes and the job's shards as JSON")):
+    """A picture of the network: its nodes with their load, and where a job's shards ran
+    (the given job, else the newest that ran on these nodes)."""
+    network = nats_options.secure(network, tls_ca, tls_cert, tls_key, creds)
     from ..home import jobs_db
     from ..jobs.store import JobStore
 
@@ -220,18 +285,30 @@ def network(network: Optional[str] = typer.Option(None, help="network URL; witho
     if job or jobs_db().exists():
         store = JobStore(jobs_db())
         try:
-            newest = store.list_jobs(limit=1)
-            if job or newest:
-                record = store.get(job or newest[0].id)
+            record = store.get(job) if job else _newest_job_on(store, {n.id for n in found} if network else None)
         finally:
             store.close()
+    if as_json:
+        sys.stdout.write(json.dumps({"network": network, "nodes": [n.model_dump() for n in found],
+                                     "job": record.to_json() if record else None}, indent=2) + "\n")
+        return
     render.out.print(render.network_tree(network or "embedded network (exists only while a run lasts)",
                                          found, record))
 
 
-def version_of_network(network: str) -> None:
-    for n in asyncio.run(discover(network)):
-        print(f"node {n.id} {n.version}")
+def _newest_job_on(store, node_ids: set[str] | None):
+    """The newest job whose shards ran on one of `node_ids` (None: the newest job at all), so
+    the picture of one network never shows a job of another."""
+    for summary in store.list_jobs(limit=50):
+        record = store.get(summary.id)
+        if node_ids is None or any(s.node in node_ids for s in record.shards):
+            return record
+    return None
+
+
+def version_of_network(network: str) -> list:
+    """The nodes of `network` (each with its version)."""
+    return asyncio.run(discover(network))
 
 
 def register(app: typer.Typer, command) -> None:

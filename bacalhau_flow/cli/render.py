@@ -6,6 +6,7 @@ import sys
 from contextlib import contextmanager
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -26,13 +27,14 @@ def styled(state: str) -> str:
 
 
 def error(e: BflowError) -> None:
-    err.print(f"[bold red]error:[/] {e.message}", markup=True, highlight=False, soft_wrap=True)
+    # escaped: a message quotes user input (a spec key like `[/x]`), which is not rich markup
+    err.print(f"[bold red]error:[/] {escape(e.message)}", markup=True, highlight=False, soft_wrap=True)
     if e.hint:
-        err.print(f"[bold]hint:[/] {e.hint}", markup=True, highlight=False, soft_wrap=True)
+        err.print(f"[bold]hint:[/] {escape(e.hint)}", markup=True, highlight=False, soft_wrap=True)
 
 
 def warn(message: str) -> None:
-    err.print(f"[bold yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 class ShardProgress:
@@ -71,11 +73,16 @@ class ShardProgress:
         self.progress.__exit__(*exc)
 
 
+def plural(n: int, word: str) -> str:
+    """`1 shard`, `3 shards`."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def jobs_table(jobs) -> Table:
-    table = Table("JOB", "PIPELINE", "STATE", "SHARDS", "CREATED", box=None)
+    table = Table("JOB", "PIPELINE", "STATE", "COMPLETED", "CREATED", box=None)
     for j in jobs:
-        shards = f"{j.shard_count} ({j.reused} reused)" if j.reused else str(j.shard_count)
-        table.add_row(j.id[:14], j.pipeline, styled(j.state), shards, j.created_iso[:19])
+        done = f"{j.completed}/{j.shard_count}" + (f" ({j.reused} reused)" if j.reused else "")
+        table.add_row(j.id[:14], j.pipeline, styled(j.state), done, j.created_iso[:19])
     return table
 
 
@@ -93,7 +100,7 @@ def shards_table(shards) -> Table:
 def plan_table(plan) -> Table:
     if getattr(plan, "after", None):  # reads another pipeline of the file: planned once that ran
         return f"{plan.pipeline}: planned after {' and '.join(plan.after)} {'runs' if len(plan.after) == 1 else 'run'}"
-    table = Table("#", "SHARD", "DATUMS", box=None, title=f"{plan.pipeline}: {len(plan.shards)} shards")
+    table = Table("#", "SHARD", "DATUMS", box=None, title=f"{plan.pipeline}: {plural(len(plan.shards), 'shard')}")
     for s in plan.shards[:200]:
         datums = [_datum_text(d) for d in s.datums]
         shown = "; ".join(datums[:4]) + (f"; … ({len(datums)} datums)" if len(datums) > 4 else "")

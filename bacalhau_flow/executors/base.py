@@ -15,6 +15,11 @@ import abc
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# Folders of the work directory (beside inputs/ and outputs/) that an executor may give the
+# command as scratch space: $HOME and $TMPDIR of the local executor. They count toward the
+# shard's disk limit like everything else the command writes (network/disk.py).
+SCRATCH_DIRS = ("home", "tmp")
+
 
 @dataclass
 class Execution:
@@ -34,6 +39,9 @@ class Execution:
     cpu: float | None = None
     memory_bytes: int | None = None
     gpus: list[int] = field(default_factory=list)
+    # bytes stdout and stderr may hold together (the shard's disk limit less its inputs): past
+    # it an executor that can stops writing them and kills the command (ExecutionResult.cut)
+    stream_limit: int | None = None
 
 
 @dataclass
@@ -41,6 +49,7 @@ class ExecutionResult:
     exit_code: int
     timed_out: bool = False
     error: str | None = None  # why it ended, in words, when it did not exit by itself
+    cut: tuple[str, int] | None = None  # ("stdout" or "stderr", bytes kept) when a stream hit stream_limit
 
 
 class Executor(abc.ABC):

@@ -9,7 +9,8 @@ Decisions:
   any uid can read them.
 - One client per process (made and pinged on first use, shared by every shard and thread);
   a node whose engine does not answer cannot construct this executor, so it does not
-  announce `docker`. Each shard then costs five API calls: create, attach, start, wait, remove.
+  announce `docker` (a unix socket that is missing or refuses connections is answer enough:
+  no SDK import). Each shard then costs five API calls: create, attach, start, wait, remove.
 - stdout and stderr come over one attach socket opened before the container starts, so
   nothing is missed and nothing depends on the engine's log driver; frames are demultiplexed
   straight into the two files. `transform.stdin` is written to the same socket, then its
@@ -93,25 +94,68 @@ def container_options(execution: Execution, user: str) -> tuple[dict, dict]:
 # -- the engine, once per process -------------------------------------------------------
 _engine_lock = threading.Lock()
 _engine: tuple[int, object] | None = None  # (pid, docker.DockerClient)
+# A failed probe answers for the nodes of this process that start with it (an embedded
+# network starts three at once), then the engine is asked again: it may have been started.
+ENGINE_FAILURE_MEMORY_SECONDS = 5.0
+_engine_failure: tuple[int, float, ExecutorError] | None = None  # (pid, when, the error)
+
+
+def _unix_socket_unanswered() -> str | None:
+    """Why no engine can answer on its unix socket (`DOCKER_HOST`, or the default one), found
+    without the Docker SDK (~90 ms to import): there is no socket, or nothing listens on it.
+    None for an engine over TCP or SSH, or a socket that takes a connection (the SDK pings it)."""
+    host = (os.environ.get("DOCKER_HOST") or "").strip()
+    if host in ("", "unix://"):
+        path = "/var/run/docker.sock"
+    elif host.startswith(("unix://", "http+unix://")):
+        path = host.split("://", 1)[1]
+    else:
+        return None
+    with socket.socket(socket.AF_UNIX) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except FileNotFoundError:
+            return f"there is no socket at {path}"
+        except ConnectionRefusedError:
+            return f"nothing listens on {path}"
+        except OSError:  # no permission, a timeout: the SDK says what it is
+            return None
+    return None
 
 
 def engine():
     """This process's Docker client, made and pinged on first use.
     Raises ExecutorError when no engine answers."""
-    global _engine
+    global _engine, _engine_failure
     with _engine_lock:
         if _engine is not None and _engine[0] == os.getpid():
             return _engine[1]
-        import docker
-        import requests
-
+        failure = _engine_failure
+        if failure and failure[0] == os.getpid() and time.monotonic() - failure[1] < ENGINE_FAILURE_MEMORY_SECONDS:
+            raise failure[2]
         try:
-            client = docker.from_env(max_pool_size=POOL_SIZE)
-            client.ping()
-        except (docker.errors.DockerException, requests.RequestException) as e:
-            raise ExecutorError(f"no Docker engine answers: {e}", hint=NO_ENGINE_HINT) from e
+            client = _connect()
+        except ExecutorError as e:
+            _engine_failure = (os.getpid(), time.monotonic(), e)
+            raise
         _engine = (os.getpid(), client)
         return client
+
+
+def _connect():
+    """A Docker client whose engine answered a ping. Raises ExecutorError when none answers."""
+    if (why := _unix_socket_unanswered()) is not None:
+        raise ExecutorError(f"no Docker engine answers: {why}", hint=NO_ENGINE_HINT)
+    import docker
+    import requests
+
+    try:
+        client = docker.from_env(max_pool_size=POOL_SIZE)
+        client.ping()
+    except (docker.errors.DockerException, requests.RequestException) as e:
+        raise ExecutorError(f"no Docker engine answers: {e}", hint=NO_ENGINE_HINT) from e
+    return client
 
 
 class _Pulls:

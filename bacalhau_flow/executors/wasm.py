@@ -25,15 +25,22 @@ set, is the number of wasmtime fuel units (about one per wasm instruction) the r
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tempfile
 import threading
-
-import wasmtime
+from typing import TYPE_CHECKING
 
 from ..errors import ExecutorError
 from .base import Execution, ExecutionResult, Executor
-from .wasm_loader import LoadedModule, load_module
+
+if TYPE_CHECKING:
+    import wasmtime
+
+    from .wasm_loader import LoadedModule
+
+# wasmtime (~75 ms to import) is imported by the first run, not when a node starts and
+# constructs its executors: most nodes of a process never run a wasm shard.
 
 INPUTS, OUTPUTS = "/inputs", "/outputs"
 EXIT_TRAP = 134  # 128 + SIGABRT, what `wasmtime run` exits with on a trap
@@ -57,12 +64,17 @@ class WasmExecutor(Executor):
     name = "wasm"
 
     def __init__(self) -> None:
+        if importlib.util.find_spec("wasmtime") is None:  # a node without it does not offer wasm
+            raise ExecutorError("the wasm executor cannot be loaded: the wasmtime package is not installed",
+                                hint="pip install wasmtime")
         self._running: set[_Interrupt] = set()
         self._lock = threading.Lock()
 
     def run(self, execution: Execution) -> ExecutionResult:
         if not execution.module:
             raise ExecutorError("the wasm executor needs a module", hint="set transform.module")
+        from .wasm_loader import load_module
+
         loaded = load_module(execution.module, metered=execution.fuel is not None)
         _check_entrypoint(loaded, execution.entrypoint)
         interrupt = _Interrupt(loaded.engine)
@@ -104,6 +116,8 @@ class WasmExecutor(Executor):
 def _call(loaded: LoadedModule, execution: Execution, stdin: str | None,
           interrupt: _Interrupt) -> tuple[int, str | None]:
     """Instantiate and call the entrypoint: (exit code, why it trapped or None)."""
+    import wasmtime
+
     store = wasmtime.Store(loaded.engine)
     if execution.memory_bytes:
         store.set_limits(memory_size=execution.memory_bytes)
@@ -135,6 +149,8 @@ def _check_entrypoint(loaded: LoadedModule, entrypoint: str) -> None:
 
 
 def _wasi_config(execution: Execution, argv0: str, stdin: str | None) -> wasmtime.WasiConfig:
+    import wasmtime
+
     wasi = wasmtime.WasiConfig()
     wasi.argv = [argv0, *execution.cmd]
     env = {**execution.env, "BFLOW_INPUTS": INPUTS, "BFLOW_OUTPUTS": OUTPUTS}

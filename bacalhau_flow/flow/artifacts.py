@@ -91,9 +91,9 @@ def summary_markdown(job: JobRecord, gateway: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def publish_artifacts(job: JobRecord, content: ContentStore, client, flow_run_id) -> None:
+async def publish_artifacts(job: JobRecord, content: ContentStore, client, flow_run_id) -> None:
     """Create the table and summary artifacts of `job` on flow run `flow_run_id` with the
-    (sync) Prefect `client`. Logs an API error on the flow run instead of raising it."""
+    async Prefect `client`. Logs an API error on the flow run instead of raising it."""
     from prefect.client.schemas.actions import ArtifactCreate
 
     gateway = gateway_url()
@@ -107,7 +107,7 @@ def publish_artifacts(job: JobRecord, content: ContentStore, client, flow_run_id
     ]
     try:
         for artifact in artifacts:
-            client.create_artifact(artifact=artifact)
+            await client.create_artifact(artifact=artifact)
     except Exception as e:  # noqa: BLE001 - an artifact is a view; the job's record is in the job store
         from prefect import get_run_logger
 

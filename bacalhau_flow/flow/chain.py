@@ -39,6 +39,9 @@ def as_one_flow_run(dag: PipelineDag, first_job_id: str, network: str | None,
     from prefect import Flow, tags
     from prefect.states import Cancelled, Completed, Failed
 
+    from .prefect_api import prefect_ready
+
+    prefect_ready()  # a managed server that had to start came up while Prefect was imported
     stem = chain_name(dag)
     source = dag.pipelines[0].source_file
     outcome: dict = {}

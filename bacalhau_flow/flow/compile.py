@@ -13,20 +13,31 @@ What the Prefect UI shows of a job (issue 9):
   exception (`handle_success` -> `handle_retry` in prefect/task_engine.py);
 - Cancel in the UI stops the job (flow/cancel_watch.py): its shards end Cancelled, the job
   is recorded cancelled and the flow run ends Cancelled.
+
+The job flow is async, run by `asyncio.run` in the calling thread: Prefect's sync flow engine
+joins its heartbeat thread when a run ends, which sleeps in 1 s steps (up to a second per
+job); the async engine sends the same heartbeats and does not wait for that thread. Ctrl-C
+reaches the flow as `asyncio.run` delivers it: as a cancellation of the flow's task, which the
+body turns into a stop like Cancel (the flow run ends Cancelled, then KeyboardInterrupt). A
+SIGTERM while the body waits ends the same way, then ends the process as before.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextvars
-import time
+import os
 from collections.abc import Callable
 from functools import partial
 
 from prefect import Flow, get_run_logger, tags, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
+from prefect.exceptions import TerminationSignal
 from prefect.states import Cancelled, Completed, Failed
 
+from ..transports.redact import redacted
 from .artifacts import publish_artifacts
 from .cancel_watch import watch_for_cancel
 from .job_run import JobRun, ShardCancelled, ShardFailed
@@ -74,26 +85,62 @@ def _report(run: JobRun, index: int, result) -> ShardReport:
     return ShardReport.of(run.content, [d.to_json() for d in run.shards[index].datums], result)
 
 
-def _wait(futures, timeout: float) -> None:
-    """Wait for the shard futures, at most `timeout` s in all; a second Ctrl-C stops waiting."""
-    deadline = time.monotonic() + timeout
+async def _all_ended(futures, timeout: float | None = None) -> None:
+    """Wait until every shard future has ended (at most `timeout` s). A shard that failed or
+    was cancelled does not raise here: only a cancellation of the waiting task itself does."""
+    if futures:
+        await asyncio.wait([asyncio.wrap_future(f.wrapped_future) for f in futures], timeout=timeout)
+
+
+async def _stop(run: JobRun, runner: NetworkTaskRunner, futures) -> None:
+    """Ctrl-C: stop the job as Cancel does and wait for its shards, at most STOP_TIMEOUT s; a
+    second Ctrl-C stops waiting."""
+    run.interrupted = True
+    runner.call_soon(run.cancel, "cancelled by the user", wait=5.0)
     try:
-        for future in futures:
-            future.wait(max(0.0, deadline - time.monotonic()))
-    except KeyboardInterrupt:
-        pass
+        await _all_ended(futures, STOP_TIMEOUT)
+    except asyncio.CancelledError:
+        asyncio.current_task().uncancel()
+
+
+def _run_to_end(coroutine):
+    """Run `coroutine` to its end with `asyncio.run`; in a thread of its own (with this
+    context) when this thread already runs an event loop (bflow called from async code)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bflow-flow") as pool:
+        return pool.submit(contextvars.copy_context().run, asyncio.run, coroutine).result()
 
 
 class JobFlow(Flow):
-    """A job's flow: each call creates its flow run with the tags `run_tags`, and raises
-    KeyboardInterrupt when Ctrl-C stopped the job (its flow run ended Cancelled first)."""
+    """A job's (async) flow, called like a sync one: each call runs its flow run to the end,
+    with the tags `run_tags`, and raises KeyboardInterrupt when Ctrl-C stopped the job (its
+    flow run ended Cancelled first)."""
 
     run_tags: tuple[str, ...] = ()
     job_run: JobRun | None = None
 
+    def serialize_parameters(self, parameters: dict) -> dict:
+        """The parameters as the API stores them. A job's are strings or None, which Prefect's
+        encoder (FastAPI's, ~0.3 s to import) would return as they are."""
+        if all(value is None or isinstance(value, str) for value in parameters.values()):
+            return dict(parameters)
+        return super().serialize_parameters(parameters)
+
     def __call__(self, *args, **kwargs):
-        with tags(*self.run_tags):
-            outcome = super().__call__(*args, **kwargs)
+        nested = FlowRunContext.get() is not None  # a parent flow run's engine handles SIGTERM
+        try:
+            with tags(*self.run_tags):
+                outcome = _run_to_end(super().__call__(*args, **kwargs))
+        except TerminationSignal as e:
+            # SIGTERM reached the event loop while the body waited: the job stopped as on Ctrl-C,
+            # its flow run ended Cancelled. End the process as Prefect's engine does on SIGTERM:
+            # by the handler that was there before Prefect's (the default one kills it).
+            if not nested:
+                os.kill(os.getpid(), e.signal)
+            raise
         if self.job_run is not None and self.job_run.interrupted:
             raise KeyboardInterrupt
         return outcome
@@ -108,7 +155,8 @@ def compile_flow(run: JobRun, network: str | None = None, nodes: int = 3, run_na
     spec_file = None if pipeline.source_file.startswith("<") else pipeline.source_file
 
     # The parameters are what the UI shows of the run (the body uses `run`): as deployments have them.
-    def pipeline_flow(spec: str | None = spec_file, pipeline: str = pipeline.name, network: str | None = network):
+    async def pipeline_flow(spec: str | None = spec_file, pipeline: str = pipeline.name,
+                            network: str | None = redacted(network)):  # no credentials in the UI
         CURRENT_JOB.set(run)
         run.jobs.set_job(run.job.id, state="running")
         context = FlowRunContext.get()
@@ -118,16 +166,14 @@ def compile_flow(run: JobRun, network: str | None = None, nodes: int = 3, run_na
         futures = []
         try:
             futures = shard_task.map(index=run.pending) if run.pending else []
-            for future in futures:
-                future.wait()
-        except KeyboardInterrupt:  # Ctrl-C: stop as Cancel does, end Cancelled, then re-raise (JobFlow)
-            run.interrupted = True
-            runner.call_soon(run.cancel, "cancelled by the user", wait=5.0)
-            _wait(futures, STOP_TIMEOUT)
+            await _all_ended(futures)
+        except asyncio.CancelledError:  # Ctrl-C: stop as Cancel does, end Cancelled, then re-raise (JobFlow)
+            asyncio.current_task().uncancel()
+            await _stop(run, runner, futures)
         finally:
             _IN_FLIGHT.pop(run.job.id, None)
         state = _end_state(run)
-        publish_artifacts(run.jobs.get(run.job.id), run.content, context.client, context.flow_run.id)
+        await publish_artifacts(run.jobs.get(run.job.id), run.content, context.client, context.flow_run.id)
         return state
 
     job_flow = JobFlow(

@@ -29,6 +29,7 @@ from ..jobs.results import merge_outputs
 from ..jobs.store import JobRecord, JobStore, ShardRecord
 from ..network.messages import InputRef, ResourceAsk, ShardRequest, ShardResult, TransformRef
 from ..network.requester import Requester
+from ..network.secrets import read_secrets
 from ..plan import Shard
 from ..plan.combinators import leaves
 from ..spec import Pipeline
@@ -55,7 +56,7 @@ ProgressHook = Callable[[int, str], None]  # (shard index, new state)
 class JobRun:
     def __init__(self, pipeline: Pipeline, shards: list[Shard], job: JobRecord, jobs: JobStore,
                  content: ContentStore, scratch, on_progress: ProgressHook | None = None,
-                 pending: list[int] | None = None):
+                 pending: list[int] | None = None, secrets: dict[str, str] | None = None):
         self.pipeline = pipeline
         self.shards = shards
         # The shard indices this run dispatches (default: all); the others are skipped or done.
@@ -71,6 +72,10 @@ class JobRun:
         self.finished = False  # `finish` began: too late to cancel
         self.interrupted = False  # Ctrl-C stopped the job (flow/compile.py re-raises it after the flow)
         self._hopeless: dict[int, str] = {}  # shards no node can ever run -> why
+        self._requester: Requester | None = None  # the one dispatching: it counts forged reports
+        # transform.secrets, read here (network/secrets.py): kept in memory only, never recorded
+        self._secrets = secrets if secrets is not None else read_secrets(pipeline.transform.secrets,
+                                                                         pipeline.base_dir)
         # Attempts a shard already had before this run (`bflow rerun`): retries count from there.
         self._earlier = {s.index: s.attempts for s in job.shards}
         base_dir = pipeline.base_dir
@@ -99,6 +104,7 @@ class JobRun:
         if index in self._hopeless:  # Prefect retries everything; there is nothing to retry here
             raise ShardFailed(self._hopeless[index], retry=False)
         attempt = self.jobs.start_attempt(self.job.id, index)
+        self._requester = requester
         self.on_progress(index, "running")
         request = self.request(shard, attempt)
         last_attempt = attempt - self._earlier.get(index, 0) > self.pipeline.retries
@@ -109,7 +115,7 @@ class JobRun:
             self.jobs.assign_node(self.job.id, index, attempt, node)
 
         running = asyncio.ensure_future(requester.run(request, self.pipeline.selector, avoid=tried,
-                                                      on_node=accepted_by))
+                                                      on_node=accepted_by, secrets=self._secrets))
         self._in_flight[index] = running
         try:
             result = await running
@@ -160,10 +166,11 @@ class JobRun:
         try:
             cid = merge_outputs(self.content, job.shards, self.pipeline.output.conflict, self.scratch)
         except OutputConflict as e:
-            cid, error = None, str(e)
+            cid, error = None, f"{e}; {e.hint}" if e.hint else str(e)  # the job's error is all the user sees
         if failed and error is None:
             first = failed[0]
-            error = f"{len(failed)} of {len(job.shards)} shards failed; first: shard {first.index}: {first.error}"
+            error = (f"{len(failed)} of {len(job.shards)} shard{'s' if len(job.shards) != 1 else ''} failed; "
+                     f"first: shard {first.index}: {first.error}")
         published = None
         if error is None and (url := publish_url(self.pipeline, job.id)):  # only a completed job
             try:
@@ -171,8 +178,9 @@ class JobRun:
                 published = url
             except PublishError as e:
                 error = str(e)  # the outputs stay in the content store under `cid`
+        dropped = self._requester.dropped.get(job.id, 0) if self._requester else 0
         self.jobs.set_job(job.id, state="failed" if error else "completed", cid=cid, error=error,
-                          published=published)
+                          published=published, dropped=dropped)
         return self.jobs.get(job.id)
 
 

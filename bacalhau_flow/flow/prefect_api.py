@@ -9,32 +9,55 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections.abc import Callable
 
-from .server import ServerError, ensure_server, healthy, server_home
+from .server import ServerError, Starting, healthy, server_home, start_server
 
 API_CHECK_TIMEOUT = 5.0  # seconds for PREFECT_API_URL to answer before a run gives up
 TAG = "bflow"  # on every flow run and deployment bflow makes: how serve and the tests find them
 
 
-def use_prefect(echo: Callable[[str], None] | None = None) -> str | None:
+_lock = threading.Lock()  # pipelines of one file may start in threads at once
+_starting: Starting | None = None  # the managed server this process started, until it answers
+
+
+def use_prefect(echo: Callable[[str], None] | None = None, wait: bool = True) -> str | None:
     """Point this process at a Prefect API and return its url (None when Prefect was imported
     before, so the user's own choice stands). `echo` gets a line when a server is started or
-    replaced. Raises ServerError when PREFECT_API_URL does not answer or no server can start."""
+    replaced. Without `wait`, a managed server that has to start is not waited for: the url is
+    set at once (so Prefect can be imported meanwhile) and `prefect_ready()` waits for it.
+    Raises ServerError when PREFECT_API_URL does not answer or no server can start."""
+    global _starting
     prefect_settings()
-    if "prefect" in sys.modules and not os.environ.get("PREFECT_API_URL"):
-        return None  # inside a user's own flow: its process already chose an API
-    url = os.environ.get("PREFECT_API_URL")
-    if url:
-        if not healthy(url, timeout=API_CHECK_TIMEOUT):
-            raise ServerError(f"no Prefect server answers at PREFECT_API_URL={url}",
-                              hint="start that server, or unset PREFECT_API_URL to use bflow's own "
-                                   "(`bflow server start`)", retryable=True)
-        return url
-    info = ensure_server(echo=echo or _to_stderr)
-    os.environ["PREFECT_API_URL"] = info.api_url
-    os.environ.setdefault("PREFECT_HOME", str(server_home() / "client"))  # the client's files under $BFLOW_HOME
-    return info.api_url
+    with _lock:
+        if _starting is not None:  # started by this process, not answering yet
+            url = _starting.info.api_url
+        elif "prefect" in sys.modules and not os.environ.get("PREFECT_API_URL"):
+            return None  # inside a user's own flow: its process already chose an API
+        elif url := os.environ.get("PREFECT_API_URL"):
+            if not healthy(url, timeout=API_CHECK_TIMEOUT):
+                raise ServerError(f"no Prefect server answers at PREFECT_API_URL={url}",
+                                  hint="start that server, or unset PREFECT_API_URL to use bflow's own "
+                                       "(`bflow server start`)", retryable=True)
+            return url
+        else:
+            _starting = start_server(echo=echo or _to_stderr)
+            url = os.environ["PREFECT_API_URL"] = _starting.info.api_url
+            os.environ.setdefault("PREFECT_HOME", str(server_home() / "client"))  # the client's files under $BFLOW_HOME
+    if wait:
+        prefect_ready()
+    return url
+
+
+def prefect_ready() -> None:
+    """Wait until the managed server that `use_prefect(wait=False)` started answers (nothing
+    to do when none is starting). Raises ServerError when it cannot start."""
+    global _starting
+    with _lock:
+        starting, _starting = _starting, None
+        if starting is not None:
+            starting.ready()
 
 
 def prefect_settings() -> None:
@@ -51,4 +74,4 @@ def _to_stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-__all__ = ["TAG", "ServerError", "use_prefect", "prefect_settings"]
+__all__ = ["TAG", "ServerError", "use_prefect", "prefect_ready", "prefect_settings"]

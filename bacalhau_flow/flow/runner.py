@@ -26,6 +26,7 @@ from ..errors import BflowError, JobCancelled, JobNotFound
 from ..home import bflow_home, jobs_db, store_root
 from ..jobs.publish import check_publish_url
 from ..jobs.store import JobRecord, JobStore
+from ..network.secrets import read_secrets
 from ..plan.pipeline import PipelinePlan, plan_pipeline
 from ..spec import Pipeline
 from ..storage import ContentStore
@@ -52,10 +53,14 @@ def run_pipeline(
     spec's `reprocess: always`; a job with nothing left to run finishes without a flow run.
     `upstreams` (flow/dag.py `UpstreamOutput`s, the pipeline already resolved to them) are
     recorded on the job: which jobs and CIDs its pipeline:// inputs read."""
-    from .prefect_api import use_prefect
+    from .prefect_api import prefect_ready, use_prefect
 
-    use_prefect()
     check_publish_url(pipeline)
+    use_prefect(wait=False)  # a managed server that has to start comes up while Prefect is imported
+    from .compile import compile_flow
+
+    prefect_ready()
+    secrets = read_secrets(pipeline.transform.secrets, pipeline.base_dir)  # before any job is recorded
     plan = plan or plan_pipeline(pipeline)
     jobs = JobStore(jobs_db())
     content = ContentStore(store_root())
@@ -77,11 +82,10 @@ def run_pipeline(
     reused = reuse_results(pipeline, job, jobs, content, reprocess=reprocess)
     job = jobs.get(job.id) if reused else job
 
-    from .compile import compile_flow
     from .job_run import JobRun
 
     run = JobRun(pipeline, plan.shards, job, jobs, content, bflow_home() / "scratch", on_progress,
-                 pending=[i for i in range(len(plan.shards)) if i not in reused])
+                 pending=[i for i in range(len(plan.shards)) if i not in reused], secrets=secrets)
     for index in reused:
         run.on_progress(index, "skipped")
     try:
@@ -94,6 +98,10 @@ def run_pipeline(
         jobs.cancel_unfinished_shards(job.id)
         jobs.set_job(job.id, state="cancelled", error="cancelled by the user")
         raise JobCancelled(f"job {job.id} cancelled", hint=f"`bflow describe {job.id[:10]}` shows what ran") from None
+    except BflowError as e:  # before the first shard: an unreachable network, say. Never left queued.
+        jobs.cancel_unfinished_shards(job.id)
+        jobs.set_job(job.id, state="failed", error=str(e))
+        raise
     record = jobs.get(job.id)
     if record.state in ("queued", "running"):
         # The flow ended without finishing the job (a crash in Prefect or in our code).
@@ -138,10 +146,11 @@ def run_dag(
         ids.setdefault(pipeline.name, new_job_id())
     if len(dag.pipelines) == 1:
         return _run_dag(dag, plans, ids, progress_for, warn, options)
-    from .chain import as_one_flow_run
     from .prefect_api import use_prefect
 
-    use_prefect()
+    use_prefect(wait=False)  # as_one_flow_run waits for it, once Prefect is imported
+    from .chain import as_one_flow_run
+
     return as_one_flow_run(dag, ids[dag.pipelines[0].name], options.get("network"),
                            lambda: _run_dag(dag, plans, ids, progress_for, warn, options))
 

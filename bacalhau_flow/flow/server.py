@@ -11,11 +11,17 @@ A recorded server is used only when its pid is alive, its API answers and it run
 Prefect version; otherwise it is replaced, and one line says why. Starting holds a lock
 (`start.lock`), so two commands starting at once start one server.
 
+A server start takes ~10 s on 2 cores, most of it the server's own imports and migrations;
+`start_server` returns as soon as the process is spawned (its url is known then), so the
+command can import Prefect meanwhile, and `Starting.ready()` waits for it to answer. The lock
+is held until then; a command that exits first stops the half-started server.
+
 Nothing here imports Prefect: the server is a child process, and the checks are plain HTTP.
 """
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import json
 import os
@@ -127,18 +133,29 @@ def status() -> ServerInfo | None:
 
 def ensure_server(echo: Callable[[str], None] | None = None, port: int | None = None) -> ServerInfo:
     """The managed server, started (detached) when none runs or the recorded one cannot be
-    used. `echo` gets one line for what is done ("starting Prefect server ...", "replacing
-    ..."). Raises ServerError when it cannot be started."""
+    used, once it answers. `echo` gets one line for what is done ("starting Prefect server
+    ...", "replacing ..."). Raises ServerError when it cannot be started."""
+    return start_server(echo, port).ready()
+
+
+def start_server(echo: Callable[[str], None] | None = None, port: int | None = None) -> Starting:
+    """As `ensure_server`, without waiting for a server it starts to answer: call `ready()`
+    on what it returns before using the API. Raises ServerError when it cannot be started."""
     say = echo or (lambda line: None)
-    with _start_lock():
+    lock = _lock()
+    try:
         info = _read_state()
         if info is not None:
             why = _why_not_usable(info)
             if why is None:
-                return info
+                _unlock(lock)
+                return Starting(info)
             say(f"replacing the Prefect server of {server_home()}: {why}")
             _terminate(info)
-        return _start(say, port or _configured_port())
+        return _spawn(say, port or _configured_port(), lock)
+    except BaseException:
+        _unlock(lock)
+        raise
 
 
 def stop_server(timeout: float = 20.0) -> ServerInfo | None:
@@ -168,14 +185,25 @@ def _configured_port() -> int | None:
 
 @contextmanager
 def _start_lock() -> Iterator[None]:
+    lock = _lock()
+    try:
+        yield
+    finally:
+        _unlock(lock)
+
+
+def _lock():
+    """The start lock, held (an open file; closing it releases the lock)."""
     home = server_home()
     home.mkdir(parents=True, exist_ok=True)
-    with open(home / "start.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    lock = open(home / "start.lock", "a")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    return lock
+
+
+def _unlock(lock) -> None:
+    fcntl.flock(lock, fcntl.LOCK_UN)
+    lock.close()
 
 
 def _free_port() -> int:
@@ -212,7 +240,7 @@ def server_environment(home: Path) -> dict[str, str]:
     return env
 
 
-def _start(say: Callable[[str], None], port: int | None) -> ServerInfo:
+def _spawn(say: Callable[[str], None], port: int | None, lock) -> Starting:
     home = server_home()
     if port is not None and _port_taken(port):
         raise ServerError(f"cannot start the Prefect server on port {port}: the port is in use",
@@ -229,21 +257,56 @@ def _start(say: Callable[[str], None], port: int | None) -> ServerInfo:
     base = f"http://127.0.0.1:{port}"
     info = ServerInfo(api_url=f"{base}/api", ui_url=base, pid=process.pid, port=port,
                       prefect_version=prefect_version())
-    deadline = time.monotonic() + START_TIMEOUT
-    try:
-        while not healthy(info.api_url, timeout=1.0):
-            if process.poll() is not None:
-                raise ServerError(f"the Prefect server exited at start-up (status {process.returncode})",
+    return Starting(info, process, lock)
+
+
+class Starting:
+    """The managed server: `info` at once, `ready()` once it answers. For a server this
+    process started, `ready()` waits for it, records it (server.json) and releases the start
+    lock; until then a process that exits stops the half-started server."""
+
+    def __init__(self, info: ServerInfo, process: subprocess.Popen | None = None, lock=None):
+        self.info = info
+        self._process, self._lock = process, lock
+        if process is not None:
+            atexit.register(self._abandon)
+
+    def ready(self) -> ServerInfo:
+        """Raises ServerError when the server exits or does not answer within START_TIMEOUT."""
+        if self._process is None:
+            return self.info
+        try:
+            self._wait()
+            _state_file().write_text(json.dumps(self.info.to_json()))
+        except BaseException:  # also Ctrl-C while waiting: leave no half-started server behind
+            _terminate(self.info)
+            raise
+        finally:
+            self._done()
+        return self.info
+
+    def _wait(self) -> None:
+        log = server_home() / "server.log"
+        deadline = time.monotonic() + START_TIMEOUT
+        while not healthy(self.info.api_url, timeout=1.0):
+            if self._process.poll() is not None:
+                raise ServerError(f"the Prefect server exited at start-up (status {self._process.returncode})",
                                   hint=f"its log: {log}")
             if time.monotonic() > deadline:
                 raise ServerError(f"the Prefect server did not answer within {START_TIMEOUT:.0f} s",
                                   hint=f"its log: {log}", retryable=True)
             time.sleep(0.2)
-    except BaseException:  # also Ctrl-C while waiting: leave no half-started server behind
-        _terminate(info)
-        raise
-    _state_file().write_text(json.dumps(info.to_json()))
-    return info
+
+    def _done(self) -> None:
+        atexit.unregister(self._abandon)
+        self._process = None
+        _unlock(self._lock)
+
+    def _abandon(self) -> None:
+        """At exit before `ready()`: stop the server, which nothing recorded."""
+        if self._process is not None:
+            _terminate(self.info)
+            self._done()
 
 
 def _terminate(info: ServerInfo, timeout: float = 20.0) -> None:

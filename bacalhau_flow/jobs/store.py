@@ -98,6 +98,8 @@ class JobRecord:
     published: str | None = None  # the url the merged outputs were published to (output.publish)
     transform_key: str | None = None  # jobs/content_key.py: what `bflow rerun` checks the spec against
     reused: int = 0  # shards skipped because an earlier job's result was reused (filled by list_jobs)
+    completed: int = 0  # shards completed or reused (filled by list_jobs)
+    dropped: int = 0  # progress, results and blocks dropped: from a node the shard was not given to
     # what its pipeline:// inputs read: [{"pipeline": NAME, "job": JOB ID, "cid": CID}]
     upstreams: list[dict] = field(default_factory=list)
     shards: list[ShardRecord] = field(default_factory=list)
@@ -108,7 +110,7 @@ class JobRecord:
 
     def summary_json(self) -> dict:
         return {"id": self.id, "pipeline": self.pipeline, "state": self.state, "created": self.created_iso,
-                "shards": self.shard_count, "reused": self.reused}
+                "shards": self.shard_count, "completed": self.completed, "reused": self.reused}
 
     def to_json(self) -> dict:
         return {
@@ -120,6 +122,7 @@ class JobRecord:
             "error": self.error,
             "published": self.published,
             "upstreams": self.upstreams,
+            "dropped": self.dropped,
             "shards": [s.to_json() for s in self.shards],
         }
 
@@ -153,6 +156,7 @@ class JobStore:
                 self._add_column("jobs", "published", "TEXT")  # output.publish
                 self._add_column("jobs", "upstreams", "TEXT")  # pipeline:// inputs, JSON (flow/dag.py)
                 self._add_column("jobs", "transform_key", "TEXT")  # reprocess / rerun (jobs/content_key.py)
+                self._add_column("jobs", "dropped", "INTEGER")  # reports from nodes not given the shard
                 self._add_column("shards", "content_key", "TEXT")
                 self._add_column("shards", "reused_from", "TEXT")  # the job whose result a skipped shard reuses
                 db.execute("CREATE INDEX IF NOT EXISTS shards_content_key ON shards (content_key)")
@@ -354,12 +358,13 @@ class JobStore:
     # -- reading ----------------------------------------------------------------
     def resolve(self, prefix: str) -> str:
         """The one job id starting with `prefix`. Raises JobNotFound for none or several."""
-        rows = self._rows("SELECT id FROM jobs WHERE id LIKE ? ORDER BY created LIMIT 3",
-                          (prefix.replace("%", "") + "%",))
+        rows = self._rows("SELECT id, pipeline FROM jobs WHERE id LIKE ? ORDER BY created DESC LIMIT 6",
+                          (prefix.replace("%", "").replace("_", "") + "%",))
         if not rows:
             raise JobNotFound(f"no job matches {prefix!r}", hint="`bflow list` shows the jobs")
         if len(rows) > 1:
-            raise JobNotFound(f"{prefix!r} matches several jobs", hint="give more characters of the job id")
+            shown = ", ".join(f"{r['id']} ({r['pipeline']})" for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
+            raise JobNotFound(f"{prefix!r} matches several jobs: {shown}", hint="give more characters of the job id")
         return rows[0]["id"]
 
     def get(self, prefix: str, with_shards: bool = True) -> JobRecord:
@@ -393,11 +398,12 @@ class JobStore:
 
     def list_jobs(self, limit: int = 100) -> list[JobRecord]:
         rows = self._rows(
-            "SELECT j.*, (SELECT COUNT(*) FROM shards s WHERE s.job_id = j.id AND s.state = 'skipped') AS reused"
-            " FROM jobs j ORDER BY created DESC LIMIT ?", (limit,))
+            "SELECT j.*, (SELECT COUNT(*) FROM shards s WHERE s.job_id = j.id AND s.state = 'skipped') AS reused,"
+            " (SELECT COUNT(*) FROM shards s WHERE s.job_id = j.id AND s.state IN ('completed', 'skipped'))"
+            " AS completed FROM jobs j ORDER BY created DESC LIMIT ?", (limit,))
         jobs = [_job(r) for r in rows]
         for job, row in zip(jobs, rows):
-            job.reused = row["reused"]
+            job.reused, job.completed = row["reused"], row["completed"]
         return jobs
 
 
@@ -407,7 +413,7 @@ def _job(row: sqlite3.Row) -> JobRecord:
         shard_count=row["shard_count"], spec_file=row["spec_file"], ended=row["ended"], cid=row["cid"],
         error=row["error"], pid=row["pid"], flow_run_id=row["flow_run_id"], conflict=row["conflict"],
         published=row["published"], upstreams=json.loads(row["upstreams"] or "[]"),
-        transform_key=row["transform_key"],
+        transform_key=row["transform_key"], dropped=row["dropped"] or 0,
     )
 
 

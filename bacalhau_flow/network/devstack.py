@@ -75,9 +75,11 @@ class Devstack:
             identity = Identity.load_or_create(self.keys[i]) if self.keys else Identity.generate()
             transport = SignedTransport(transport_for(self.url), identity)
             await transport.connect()
-            node = ComputeNode(transport, ContentStore(self.root / identity.node_id / "store"),
-                               self.root / identity.node_id / "work", self.capacity,
-                               labels=self.labels[i % len(self.labels)], **self.node_options)
+            home = self.root / identity.node_id
+            home.mkdir(parents=True, exist_ok=True)
+            node = ComputeNode(transport, ContentStore(home / "store"), home / "work", self.capacity,
+                               labels=self.labels[i % len(self.labels)], attempts_file=home / "accepted-attempts",
+                               **self.node_options)
             if self.gateway_port is not None:  # before start(), so the first announcement has its URL
                 gateway = gateway_for(node.store, transport, self.gateway_host,
                                       self.gateway_port + i if self.gateway_port else 0, self.advertise)

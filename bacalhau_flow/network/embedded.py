@@ -15,7 +15,6 @@ from typing import AsyncIterator
 
 from ..home import bflow_home, nodes_root, store_root
 from ..storage import ContentStore
-from ..storage.gateway import gateway_for
 from ..transports import transport_for
 from ..transports.memory import MemoryHub, MemoryTransport
 from ..transports.signing import SignedTransport
@@ -74,6 +73,8 @@ async def open_network(url: str | None = None, nodes: int = EMBEDDED_NODES) -> A
     requester = Requester(transport, store)
     try:
         if url is not None:
+            from ..storage.gateway import gateway_for  # aiohttp: only networks by URL need it
+
             gateway = gateway_for(store, transport, advertise=os.environ.get("BFLOW_ADVERTISE") or None)
             requester.gateway = await gateway.start()
         await requester.start(expect_nodes=max(1, len(started)))

@@ -141,6 +141,11 @@ class Identity:
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
 
+    @property
+    def signing_key(self) -> SigningKey:
+        """The key itself, for what needs more than signatures (opening sealed secrets)."""
+        return self._signer
+
     def sign(self, data: bytes) -> str:
         """The ed25519 signature of `data`, as urlsafe base64."""
         return _b64(self._signer.sign(data).signature)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import os
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,8 @@ from ..executors.registry import available_executors
 from ..errors import BflowError
 from ..storage import ContentStore
 from ..storage.evict import StoreBudget
+from .secrets import SecretError, open_sealed
+from .trust import Trust
 from ..transports.base import Envelope, Transport, TransportError
 from . import protocol as p
 from .capacity import CapacityManager
@@ -37,7 +40,8 @@ class ComputeNode:
     def __init__(self, transport: Transport, store: ContentStore, work_root: Path, capacity: Capacity, *,
                  node_id: str | None = None, labels: dict[str, str] | None = None,
                  announce_seconds: float = p.ANNOUNCE_SECONDS, heartbeat_seconds: float = p.HEARTBEAT_SECONDS,
-                 max_store: int | None = None):
+                 max_store: int | None = None, trust: Trust | None = None, attempts_file: Path | None = None,
+                 pass_env: list[str] | None = None, allow_paths: list[Path] | None = None):
         self.id = node_id or getattr(transport, "node_id", None) or _random_id()
         self.transport = transport
         self.store = store
@@ -49,6 +53,17 @@ class ComputeNode:
         # max_store: evict acknowledged content past this many bytes (storage/evict.py); None: keep
         # all (the embedded nodes share the requester's store, which must keep what its jobs name)
         self.budget = StoreBudget(store, max_store) if max_store is not None else None
+        self.trust = trust or Trust.anyone()  # whose shards it runs (network/trust.py)
+        # pass_env: names of this process's variables given to every shard (`bflow node --pass-env`);
+        # no other variable of the node reaches a shard. allow_paths: the only folders local inputs
+        # may be read from (`bflow node --allow-path`; []: none); None: anywhere (the user's own nodes)
+        self.pass_env = list(pass_env or [])
+        self.allow_paths = [Path(a) for a in allow_paths] if allow_paths is not None else None
+        self.identity = getattr(transport, "identity", None)  # None on the unsigned embedded network
+        # Attempts accepted by earlier runs of this node: a captured accept replayed after a
+        # restart must not run a shard again. One id a line, appended as accepted.
+        self.attempts_file = attempts_file
+        self._accepted_before = _load_attempts(attempts_file)
         self.executors = [e for e in available_executors() if _loadable(e)]
         self._attempts: OrderedDict[str, asyncio.Task] = OrderedDict()  # attempt id -> its run
         self._running: dict[str, object] = {}  # attempt id -> executor running it (for cancel)
@@ -91,7 +106,7 @@ class ComputeNode:
         return NodeInfo(id=self.id, version=__version__, executors=self.executors, labels=self.labels,
                         total=self.capacity.total, free=self.capacity.free,
                         running=len(self._running), queued=self._queued, gateway=self.gateway,
-                        address=self.address)
+                        address=self.address, public_key=getattr(self.identity, "public_key_b64", None))
 
     async def announce(self) -> None:
         try:
@@ -114,11 +129,15 @@ class ComputeNode:
             await self.announce()
 
     # -- handlers ---------------------------------------------------------------
+    @p.handles("discover")
     async def _on_discover(self, envelope: Envelope) -> None:
         await self.announce()
 
-    def bid(self, request: ShardRequest, selector: dict[str, str]) -> p.Bid:
+    def bid(self, request: ShardRequest, selector: dict[str, str], requester: str | None = None) -> p.Bid:
         """Whether this node would take the shard: never, now, or after those queued."""
+        refusal = self.trust.refusal(requester or "", request.transform.executor)
+        if refusal:
+            return p.Bid(node=self.id, accepted=False, never=True, reason=refusal)
         if not self.capacity.could_ever_fit(request.resources):
             return p.Bid(node=self.id, accepted=False, never=True, reason=f"asks more than node {self.id} has")
         if request.transform.executor not in self.executors:
@@ -129,23 +148,36 @@ class ComputeNode:
         ready = self._queued == 0 and self.capacity.free.fits(request.resources)
         return p.Bid(node=self.id, accepted=True, ready=ready, queued=self._queued)
 
+    @p.handles("bid_request")
     async def _on_bid(self, envelope: Envelope) -> Envelope:
         request = ShardRequest.model_validate(envelope.body["request"])
-        bid = self.bid(request, envelope.body.get("selector") or {})
+        bid = self.bid(request, envelope.body.get("selector") or {}, envelope.sender)
         return Envelope("bid", bid.model_dump(), sender=self.id)
 
+    @p.handles("accept")
     async def _on_accept(self, envelope: Envelope) -> Envelope:
         request = ShardRequest.model_validate(envelope.body["request"])
-        requester = envelope.body["requester"]
+        requester = envelope.sender  # signed: results go to whoever holds that key, never elsewhere
+        if request.attempt_id in self._accepted_before:
+            return Envelope("ack", {"accepted": False, "reason": "accepted before this node restarted"},
+                            sender=self.id)
         if request.attempt_id not in self._attempts:  # a repeated accept is harmless
-            bid = self.bid(request, envelope.body.get("selector") or {})
+            bid = self.bid(request, envelope.body.get("selector") or {}, requester)
             if not bid.accepted:
                 return Envelope("ack", {"accepted": False, "reason": bid.reason}, sender=self.id)
-            self._attempts[request.attempt_id] = asyncio.ensure_future(self._execute(request, requester))
+            self._remember_attempt(request.attempt_id)
+            secrets = {"sealed": envelope.body.get("secrets") or {}, "plain": envelope.body.get("secrets_plain") or {}}
+            self._attempts[request.attempt_id] = asyncio.ensure_future(self._execute(request, requester, secrets))
             while len(self._attempts) > REMEMBERED_ATTEMPTS:
                 self._attempts.popitem(last=False)
         return Envelope("ack", {"accepted": True}, sender=self.id)
 
+    def _remember_attempt(self, attempt_id: str) -> None:
+        if self.attempts_file is not None:
+            with open(self.attempts_file, "a") as f:
+                f.write(attempt_id + "\n")
+
+    @p.handles("cancel")
     async def _on_cancel(self, envelope: Envelope) -> Envelope:
         attempt_id = envelope.body["attempt_id"]
         executor = self._running.get(attempt_id)
@@ -155,6 +187,7 @@ class ComputeNode:
             self._attempts[attempt_id].cancel()  # still queued: never starts
         return Envelope("cancelled", {"cancelled": attempt_id in self._attempts}, sender=self.id)
 
+    @p.handles("blocks")
     async def _on_blocks(self, envelope: Envelope) -> Envelope:
         blocks = {}
         for cid in envelope.body["cids"][: 8]:
@@ -163,11 +196,18 @@ class ComputeNode:
         return Envelope("blocks", {"blocks": blocks}, sender=self.id)
 
     # -- running ----------------------------------------------------------------
-    async def _execute(self, request: ShardRequest, requester: str) -> None:
+    async def _execute(self, request: ShardRequest, requester: str, secrets: dict) -> None:
         inputs = [ref.url[len("ipfs://"):].split("/", 1)[0] for ref in request.inputs if ref.url.startswith("ipfs://")]
         self._pin(inputs)
         try:
-            result = await self._attempt(request, requester)
+            opened = self._open_secrets(secrets)
+            result = await self._attempt(request, requester, opened)
+        except SecretError as e:  # nothing runs with secrets it cannot read
+            now = time.time()
+            result = ShardResult(job_id=request.job_id, shard_index=request.shard_index, shard_id=request.shard_id,
+                                 attempt=request.attempt, node=self.id, state="failed", error=str(e),
+                                 retryable=e.retryable, stdout_cid=self.store.put_bytes(b""),
+                                 stderr_cid=self.store.put_bytes(f"bflow: {e}\n".encode()), started=now, ended=now)
         finally:
             self._unpin(inputs)
         if result is None:
@@ -182,6 +222,17 @@ class ComputeNode:
         if self.budget is not None:
             await asyncio.get_running_loop().run_in_executor(self._pool, self.budget.evict)
 
+    def _open_secrets(self, secrets: dict) -> dict[str, str]:
+        """The shard's secrets: sealed to this node's key on a signed network, or (embedded,
+        in the user's own process) as they are."""
+        if secrets["sealed"]:
+            if self.identity is None:
+                raise SecretError("this node has no key to open sealed secrets with")
+            return open_sealed(secrets["sealed"], self.identity.signing_key)
+        if secrets["plain"] and self.identity is not None:
+            raise SecretError("secrets came unsealed over the network: refused")
+        return secrets["plain"]
+
     def _pin(self, roots: list[str]) -> None:
         if self.budget is not None:
             self.budget.pin(roots)
@@ -190,7 +241,7 @@ class ComputeNode:
         if self.budget is not None:
             self.budget.unpin(roots)
 
-    async def _attempt(self, request: ShardRequest, requester: str) -> ShardResult | None:
+    async def _attempt(self, request: ShardRequest, requester: str, secrets: dict[str, str]) -> ShardResult | None:
         """Run the attempt (heartbeating its lease); None when it was cancelled."""
         state = {"value": "queued"}
         beat = asyncio.ensure_future(self._heartbeat(request, requester, state))
@@ -203,7 +254,7 @@ class ComputeNode:
             state["value"] = "running"
             try:
                 loop = asyncio.get_running_loop()
-                result = await loop.run_in_executor(self._pool, self._run_blocking, request, gpus)
+                result = await loop.run_in_executor(self._pool, self._run_blocking, request, gpus, secrets)
             finally:
                 await self.capacity.release(request.resources, gpus)
         except asyncio.CancelledError:
@@ -213,11 +264,13 @@ class ComputeNode:
             beat.cancel()
         return result
 
-    def _run_blocking(self, request: ShardRequest, gpus: list[int]) -> ShardResult:
+    def _run_blocking(self, request: ShardRequest, gpus: list[int], secrets: dict[str, str]) -> ShardResult:
         executor = get_executor(request.transform.executor)
         self._running[request.attempt_id] = executor
         try:
-            return run_shard_attempt(request, executor, self.store, self.work_root, self.id, gpus)
+            passed = {name: os.environ[name] for name in self.pass_env if name in os.environ}
+            return run_shard_attempt(request, executor, self.store, self.work_root, self.id, gpus,
+                                     pass_env=passed, secrets=secrets, allow_paths=self.allow_paths)
         finally:
             self._running.pop(request.attempt_id, None)
 
@@ -246,6 +299,20 @@ class ComputeNode:
                 await asyncio.sleep(1.0)
         log.warning("gave up delivering the result of attempt %s/%s/%s", result.job_id, result.shard_index,
                     result.attempt)
+
+
+def _load_attempts(path: Path | None) -> set[str]:
+    """The attempt ids in `path`, keeping the file to its last REMEMBERED_ATTEMPTS lines."""
+    if path is None:
+        return set()
+    try:
+        lines = path.read_text().split()
+    except FileNotFoundError:
+        return set()
+    if len(lines) > REMEMBERED_ATTEMPTS:
+        lines = lines[-REMEMBERED_ATTEMPTS:]
+        path.write_text("\n".join(lines) + "\n")
+    return set(lines)
 
 
 def _random_id() -> str:

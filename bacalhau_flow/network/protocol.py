@@ -16,7 +16,12 @@ ANNOUNCE_SECONDS; a node not heard from for NODE_TTL_SECONDS is gone.
 
 from __future__ import annotations
 
+import functools
+import logging
+
 from pydantic import BaseModel
+
+log = logging.getLogger("bacalhau_flow.protocol")
 
 ANNOUNCE = "bflow.nodes.announce"
 DISCOVER = "bflow.nodes.discover"
@@ -55,3 +60,23 @@ class Progress(BaseModel):
     attempt_id: str
     node: str
     state: str  # queued | running
+
+
+def handles(kind: str):
+    """Wrap a message handler (a method taking the envelope): an envelope of another kind, or
+    one whose body does not parse, is dropped with one log line and no answer. A peer on the
+    network is not trusted to send what the subject expects (a replay to another subject,
+    a mutated copy): that is no reason for a traceback."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        async def checked(self, envelope):
+            if envelope.kind != kind:
+                log.info("dropped a %r from %s where a %r belongs", envelope.kind, envelope.sender, kind)
+                return None
+            try:
+                return await fn(self, envelope)
+            except (KeyError, TypeError, ValueError) as e:  # pydantic's ValidationError is a ValueError
+                log.warning("dropped a malformed %r from %s: %s", kind, envelope.sender, str(e).splitlines()[0])
+                return None
+        return checked
+    return wrap

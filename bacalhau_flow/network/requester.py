@@ -25,6 +25,7 @@ import base64
 import logging
 import time
 import uuid
+from collections import Counter
 
 from ..errors import BflowError, ContentError, NoNodeCanRun
 from ..storage import ContentStore
@@ -33,6 +34,8 @@ from ..storage.pull import pull
 from ..transports.base import Envelope, Transport, TransportError
 from . import protocol as p
 from .messages import NodeInfo, ShardRequest, ShardResult
+from .identity import node_id_for
+from .secrets import seal
 from .shipping import ship_local_inputs
 
 log = logging.getLogger("bacalhau_flow.requester")
@@ -54,6 +57,8 @@ class Requester:
         self._in_flight: dict[str, float] = {}  # node id -> cpu this requester has placed there
         self._failures: dict[str, int] = {}  # node id -> attempts that failed there
         self._waiting: dict[str, tuple[asyncio.Future, list[float]]] = {}  # attempt id -> (result, [lease end])
+        self._accepted: dict[str, str] = {}  # attempt id -> the node given it: the only one heard about it
+        self.dropped: Counter[str] = Counter()  # job id -> reports dropped for coming from another node
         self._node_seen = asyncio.Event()
         self._placing = asyncio.Lock()  # one placement at a time, so each sees the last one's load
         self._subs: list = []
@@ -85,26 +90,50 @@ class Requester:
         return [n for n in self.nodes.values() if now - self._heard.get(n.id, 0) < p.NODE_TTL_SECONDS]
 
     # -- handlers ---------------------------------------------------------------
+    @p.handles("node_info")
     async def _on_announce(self, envelope: Envelope) -> None:
         info = NodeInfo.model_validate(envelope.body)
+        if info.public_key and node_id_for(info.public_key) != info.id:
+            info = info.model_copy(update={"public_key": None})  # not its key: nothing is sealed to it
         self.nodes[info.id] = info
         self._heard[info.id] = time.monotonic()
         self._node_seen.set()
 
+    @p.handles("progress")
     async def _on_progress(self, envelope: Envelope) -> None:
         progress = p.Progress.model_validate(envelope.body)
+        if not self._from_accepted(progress.attempt_id, envelope.sender, "progress"):
+            return
         waiting = self._waiting.get(progress.attempt_id)
         if waiting:
             waiting[1][0] = time.monotonic() + self.lease_seconds
 
-    async def _on_result(self, envelope: Envelope) -> Envelope:
+    @p.handles("shard_result")
+    async def _on_result(self, envelope: Envelope) -> Envelope | None:
         result = ShardResult.model_validate(envelope.body)
         attempt_id = f"{result.job_id}/{result.shard_index}/{result.attempt}"
         waiting = self._waiting.get(attempt_id)
-        if waiting and not waiting[0].done():
-            waiting[0].set_result(result)
-        # Always acknowledge: a late or repeated result is harmless, it is simply not used.
+        if waiting is None:  # late or repeated: harmless, not used; acknowledged so the node stops
+            return Envelope("ack", {"attempt_id": attempt_id}, sender=self.id)
+        if not self._from_accepted(attempt_id, envelope.sender, "a result"):
+            return None  # no answer: a forger learns nothing
+        if not waiting[0].done():
+            waiting[0].set_result(result.model_copy(update={"node": envelope.sender}))
         return Envelope("ack", {"attempt_id": attempt_id}, sender=self.id)
+
+    def _from_accepted(self, attempt_id: str, sender: str, what: str) -> bool:
+        """Whether `sender` is the node this requester accepted for the attempt; anything
+        else is dropped and counted against the attempt's job (`bflow describe` shows it)."""
+        if self._accepted.get(attempt_id) == sender:
+            return True
+        self._drop(attempt_id.split("/", 1)[0], f"{what} for attempt {attempt_id} from {sender}, "
+                                                f"not from the node it was given to")
+        return False
+
+    def _drop(self, job_id: str | None, what: str) -> None:
+        self.dropped[job_id or ""] += 1
+        log.warning("dropped %s", what)
+        return None
 
     # -- choosing ---------------------------------------------------------------
     def candidates(self, request: ShardRequest, selector: dict[str, str], avoid: set[str]) -> list[str]:
@@ -127,17 +156,20 @@ class Requester:
         try:
             reply = await self.transport.request(p.node_subject(node, "bid"), Envelope("bid_request", body,
                                                                                       sender=self.id), p.BID_TIMEOUT)
-            return p.Bid.model_validate(reply.body)
+            if reply.sender != node:  # someone else answering on the node's subject
+                return self._drop(None, f"a bid for node {node} from {reply.sender}")
+            return p.Bid.model_validate(reply.body).model_copy(update={"node": node})
         except TransportError as e:
             log.info("no bid from %s: %s", node, e)
             return None
 
-    async def place(self, request: ShardRequest, selector: dict[str, str], avoid: set[str]) -> str:
+    async def place(self, request: ShardRequest, selector: dict[str, str], avoid: set[str],
+                    secrets: dict[str, str] | None = None) -> str:
         """Ask the best nodes for bids and have one accept the shard; return its id (its
         cpu counted in `_in_flight` until the attempt ends). Raises NoNodeCanRun when
         every node says it never could."""
         async with self._placing:
-            node = await self._place(request, selector, avoid)
+            node = await self._place(request, selector, avoid, secrets or {})
             self._in_flight[node] = self._in_flight.get(node, 0.0) + request.resources.cpu
             return node
 
@@ -145,30 +177,51 @@ class Requester:
         """The connection to the network is down, or came back less than a lease ago."""
         return time.monotonic() - self.transport.up_since() < self.lease_seconds
 
-    async def _place(self, request: ShardRequest, selector: dict[str, str], avoid: set[str]) -> str:
+    async def _place(self, request: ShardRequest, selector: dict[str, str], avoid: set[str],
+                     secrets: dict[str, str]) -> str:
+        never: dict[str, str] = {}  # node -> why it said it never could (too small, not trusted, ...)
+        body = {"request": request.model_dump(), "selector": selector}  # one dump for every bidder
         while True:
             try:
-                ranked = self.candidates(request, selector, avoid)
+                ranked = [n for n in self.candidates(request, selector, avoid) if n not in never]
             except NoNodeCanRun:
                 if not self.cut_off():
                     raise
                 await asyncio.sleep(NO_BID_RETRY_SECONDS)  # the nodes are out of earshot, not gone
                 continue
+            if not ranked:
+                raise NoNodeCanRun("; ".join(sorted(set(never.values()))))
             asked = ranked[:BIDDERS]
-            body = {"request": request.model_dump(), "selector": selector}  # one dump for every bidder
             bids = [b for b in await asyncio.gather(*(self._bid(n, body) for n in asked)) if b]
-            if bids and all(b.never for b in bids) and len(asked) == len(ranked):
-                raise NoNodeCanRun("; ".join(sorted({b.reason or "" for b in bids})))
+            never.update((b.node, b.reason or f"node {b.node} never could") for b in bids if b.never)
             order = {n: i for i, n in enumerate(asked)}
             for bid in sorted((b for b in bids if b.accepted), key=lambda b: (not b.ready, b.queued, order[b.node])):
-                if await self._accept(bid.node, dict(body, requester=self.id)):
+                self._accepted[request.attempt_id] = bid.node  # before the accept: a fast result may beat its ack
+                if await self._accept(bid.node, self._with_secrets(body, bid.node, secrets)):
                     return bid.node
-            await asyncio.sleep(NO_BID_RETRY_SECONDS)  # nobody answered: nodes may be restarting
+                self._accepted.pop(request.attempt_id, None)
+            if any(not b.never for b in bids) or not bids:
+                await asyncio.sleep(NO_BID_RETRY_SECONDS)  # busy or no answer: nodes may be restarting
+
+    def _with_secrets(self, body: dict, node: str, secrets: dict[str, str]) -> dict:
+        """The accept for `node`, carrying the shard's secrets sealed to that node's key (in the
+        clear only on the embedded network, whose messages never leave this process)."""
+        if not secrets:
+            return body
+        info = self.nodes.get(node)
+        if info is not None and info.public_key:
+            return dict(body, secrets=seal(secrets, info.public_key))
+        if getattr(self.transport, "identity", None) is None:
+            return dict(body, secrets_plain=secrets)
+        raise NoNodeCanRun(f"node {node} announces no key to seal the shard's secrets to",
+                           hint="upgrade bflow on that node")
 
     async def _accept(self, node: str, body: dict) -> bool:
         try:
             reply = await self.transport.request(p.node_subject(node, "accept"),
                                                  Envelope("accept", body, sender=self.id), p.ACCEPT_TIMEOUT)
+            if reply.sender != node:
+                return bool(self._drop(None, f"an accept answer for node {node} from {reply.sender}"))
             return bool(reply.body.get("accepted"))
         except TransportError as e:
             log.info("accept not acknowledged by %s: %s", node, e)
@@ -176,7 +229,7 @@ class Requester:
 
     # -- running ----------------------------------------------------------------
     async def run(self, request: ShardRequest, selector: dict[str, str] | None = None,
-                  avoid: set[str] | None = None, on_node=None) -> ShardResult:
+                  avoid: set[str] | None = None, on_node=None, secrets: dict[str, str] | None = None) -> ShardResult:
         """Run one attempt of a shard on the best node. Never raises for a failed attempt
         (it becomes a failed ShardResult); raises NoNodeCanRun when no node ever could."""
         if self.gateway:
@@ -189,7 +242,7 @@ class Requester:
         self._waiting[request.attempt_id] = (result_future, lease)
         node = None
         try:
-            node = await self.place(request, selector or {}, avoid or set())
+            node = await self.place(request, selector or {}, avoid or set(), secrets)
             if on_node:
                 on_node(node)
             lease[0] = time.monotonic() + self.lease_seconds
@@ -200,6 +253,7 @@ class Requester:
             raise
         finally:
             self._waiting.pop(request.attempt_id, None)
+            self._accepted.pop(request.attempt_id, None)
             if node:
                 self._in_flight[node] -= request.resources.cpu
         if result.state != "completed":
@@ -249,6 +303,9 @@ class Requester:
         async def get_blocks(cids: list[str]) -> dict[str, bytes]:
             reply = await self.transport.request(p.node_subject(result.node, "blocks"),
                                                  Envelope("blocks", {"cids": cids}, sender=self.id), p.BLOCKS_TIMEOUT)
+            if reply.sender != result.node:
+                self._drop(result.job_id, f"blocks for node {result.node} from {reply.sender}")
+                raise ContentError(f"blocks came from {reply.sender}, not from node {result.node}")
             return {c: base64.b64decode(b) for c, b in reply.body["blocks"].items()}
 
         async def fetch(cid: str) -> None:

@@ -1,5 +1,12 @@
 """One attempt of one shard on a node, start to end, in a work directory of its own:
-stage inputs, run the executor, store outputs and logs by CID, clean up. Blocking."""
+stage inputs, run the executor, store outputs and logs by CID, clean up. Blocking.
+
+The command's environment is `pass_env` (the node's variables its operator passes on, `bflow
+node --pass-env`), then `transform.env`, then the shard's opened `secrets`, then the BFLOW_*
+variables; the executor adds what it must (the local executor: PATH, HOME, TMPDIR, LANG) and
+nothing else of the node's. Local inputs are read only inside `allow_paths` when the node has
+them (network/staging.py). Everything the command writes counts toward `resources.disk`
+(network/disk.py)."""
 
 from __future__ import annotations
 
@@ -12,16 +19,19 @@ from ..errors import BflowError
 from ..executors import Execution, Executor
 from ..storage import ContentStore
 from .messages import ShardRequest, ShardResult
-from .disk import OutputWatch, check_inputs, outputs_error
+from .disk import OutputWatch, check_inputs, cut_streams, outputs_error, stream_cut_error
 from .staging import make_writable, stage_inputs
 
 log = logging.getLogger("bacalhau_flow.node")
 
 
 def run_shard_attempt(request: ShardRequest, executor: Executor, store: ContentStore, work_root: Path,
-                      node_id: str, gpus: list[int] | None = None) -> ShardResult:
+                      node_id: str, gpus: list[int] | None = None, *, pass_env: dict[str, str] | None = None,
+                      secrets: dict[str, str] | None = None, allow_paths: list[Path] | None = None) -> ShardResult:
     """Run one attempt with the GPUs reserved for it (`gpus`, device indices). Never raises: every way an attempt can end becomes a ShardResult with stdout and
-    stderr CIDs, so the requester always gets the logs back."""
+    stderr CIDs, so the requester always gets the logs back. `pass_env`: variables of the node
+    given to the command; `secrets`: the shard's own, opened; `allow_paths`: the folders local
+    inputs may be read from (None: any)."""
     started = time.time()
     work = work_root / request.job_id / f"{request.shard_index}-{request.attempt}"
     inputs, outputs = work / "inputs", work / "outputs"
@@ -43,16 +53,23 @@ def run_shard_attempt(request: ShardRequest, executor: Executor, store: ContentS
         stderr.touch()
         limit = request.resources.disk
         try:
-            staged = stage_inputs(request, inputs, store)
+            staged = stage_inputs(request, inputs, store, allow_paths=allow_paths)
             check_inputs(request.shard_index, staged, limit)
-            execution = _execution(request, inputs, outputs, stdout, stderr, gpus or [])
-            with OutputWatch(outputs, limit - staged, executor.kill) as watch:
+            allowed = limit - staged  # for all the command writes: outputs, stdout, stderr, scratch
+            execution = _execution(request, inputs, outputs, stdout, stderr, gpus or [],
+                                   {**(pass_env or {}), **request.transform.env, **(secrets or {})}, allowed)
+            with OutputWatch(work, allowed, executor.kill) as watch:
                 outcome = executor.run(execution)
         except BflowError as e:
             _note(stderr, str(e) + (f"\nbflow: hint: {e.hint}" if e.hint else ""))
             return result("failed", error=str(e), retryable=e.retryable)
+        cut = outcome.cut or cut_streams(stdout, stderr, allowed)
+        if cut:
+            error = stream_cut_error(cut[0], cut[1], staged, limit)
+            _note(stderr, error)
+            return result("failed", outcome.exit_code, error)
         if watch.exceeded:
-            error = outputs_error(request.shard_index, watch.written, limit - staged, limit)
+            error = outputs_error(request.shard_index, watch.written, allowed, limit, watch.parts)
             _note(stderr, error)
             return result("failed", outcome.exit_code, error)
         outputs_cid, skipped = store.put_tree_report(outputs)
@@ -78,9 +95,10 @@ def _note(stderr: Path, message: str) -> None:
 
 
 def _execution(request: ShardRequest, inputs: Path, outputs: Path, stdout: Path, stderr: Path,
-               gpus: list[int]) -> Execution:
+               gpus: list[int], env: dict[str, str], stream_limit: int) -> Execution:
+    """`env`: the variables besides the BFLOW_* ones."""
     t = request.transform
-    env = dict(t.env)
+    env = dict(env)
     env.update(
         BFLOW_JOB_ID=request.job_id,
         BFLOW_PIPELINE=request.pipeline,
@@ -92,5 +110,5 @@ def _execution(request: ShardRequest, inputs: Path, outputs: Path, stdout: Path,
         cmd=t.cmd, inputs_dir=inputs, outputs_dir=outputs, stdout_path=stdout, stderr_path=stderr, env=env,
         stdin=t.stdin, timeout=request.timeout, image=t.image, module=t.module, entrypoint=t.entrypoint,
         fuel=t.fuel, network=request.network,
-        cpu=request.resources.cpu, memory_bytes=request.resources.memory, gpus=gpus,
+        cpu=request.resources.cpu, memory_bytes=request.resources.memory, gpus=gpus, stream_limit=stream_limit,
     )

@@ -16,6 +16,14 @@ On a network reached by URL the request also names `providers`: gateways holding
 its `ipfs://` inputs (local inputs arrive that way: network/shipping.py). Then each datum's
 blocks are first pulled into the node's content store (storage/pull.py: only what is missing,
 every block checked), and staged from there.
+
+A node that serves others (`bflow node`) reads local paths (a path or `file://`, also inside a
+chained url such as `zip://...::file://...`) only inside the folders its operator allows
+(`allow_paths`, `bflow node --allow-path DIR`; none given: no local path at all), each file's
+real path checked, so a file symlink cannot lead out; and it never opens the fsspec protocols
+that read local files by other names (reference://, git://, dir://). Remote requesters do not
+need local paths: they ship local inputs as ipfs:// content. The embedded network, Devstack and
+`bflow devstack` (the user's own machine) read local paths without restriction (None).
 """
 
 from __future__ import annotations
@@ -35,12 +43,19 @@ from .messages import InputRef, ShardRequest
 T = TypeVar("T")
 
 PARALLEL_FETCHES = 8  # files of one shard fetched at the same time
+LOCAL_PROTOCOLS = (None, "file", "local")
+LOCAL_READERS = ("reference", "git", "dir")  # fsspec protocols that read local files by other names
+ALLOW_HINT = ("start the node with `bflow node --allow-path DIR` to let shards read local files under DIR, "
+              "or send the data as content: `bflow run --network URL` ships local inputs as ipfs:// itself, "
+              "`bflow add PATH` prints an ipfs://CID to use")
 
 
-def stage_inputs(request: ShardRequest, inputs_dir: Path, store: ContentStore | None = None) -> int:
+def stage_inputs(request: ShardRequest, inputs_dir: Path, store: ContentStore | None = None, *,
+                 allow_paths: list[Path] | None = None) -> int:
     """Copy every datum of the shard under `inputs_dir`; return the bytes staged. `store`: the
-    node's content store, where blocks from `request.providers` are pulled to.
-    Raises StagingError naming the input and path that could not be fetched."""
+    node's content store, where blocks from `request.providers` are pulled to. `allow_paths`:
+    the only folders local inputs may be read from (None: anywhere; []: nowhere).
+    Raises StagingError naming the input and path that could not be fetched or is refused."""
     refs = {ref.name: ref for ref in request.inputs}
     wanted: dict[str, dict[str, None]] = {ref.name: {} for ref in request.inputs}  # name -> datum paths
     for datum in request.datums:
@@ -61,6 +76,10 @@ def stage_inputs(request: ShardRequest, inputs_dir: Path, store: ContentStore | 
         staged = _size_of(inputs_dir)
         wanted = {name: paths for name, paths in wanted.items() if not refs[name].url.startswith("ipfs://")}
     datums = [(name, path) for name, paths in wanted.items() for path in paths]
+    if allow_paths is not None:
+        for name, paths in wanted.items():
+            if paths:
+                _check_allowed(refs[name], allow_paths)
     roots: dict[str, InputRoot] = {  # each input is resolved once per shard, not per datum
         name: _guarded(refs[name], "/", lambda url=refs[name].url: open_input(url))
         for name, paths in wanted.items() if paths
@@ -74,10 +93,42 @@ def stage_inputs(request: ShardRequest, inputs_dir: Path, store: ContentStore | 
             files.setdefault(_target(inputs_dir, name, p), (name, p))
     for target in files:
         target.parent.mkdir(parents=True, exist_ok=True)
+    if allow_paths is not None:  # a file symlink under an allowed folder must not lead out of them
+        for name, path in files.values():
+            if roots[name].is_local:
+                _check_allowed_path(refs[name], os.path.realpath(roots[name].fs_path(path)), allow_paths)
     sizes = _all([(refs[name], path, lambda t=target, n=name, p=path: roots[n].fetch(p, t))
                   for target, (name, path) in files.items()])
     _make_read_only(inputs_dir)
     return staged + sum(sizes)
+
+
+def _check_allowed(ref: InputRef, allow_paths: list[Path]) -> None:
+    """Refuse an input url that reads this machine's files outside `allow_paths`."""
+    from fsspec.core import split_protocol
+    from fsspec.implementations.local import LocalFileSystem
+
+    parts = ref.url.split("::")  # a chained url: every link of it
+    for i, part in enumerate(parts):
+        protocol = part if i < len(parts) - 1 and "://" not in part else split_protocol(part)[0]
+        if protocol in LOCAL_READERS:
+            raise StagingError(f"input {ref.name!r}: this node does not open {protocol}:// urls ({ref.url}): "
+                               "they read its local files", hint=ALLOW_HINT, retryable=False)
+        if protocol in LOCAL_PROTOCOLS:
+            _check_allowed_path(ref, os.path.realpath(LocalFileSystem._strip_protocol(part)), allow_paths)
+
+
+def _check_allowed_path(ref: InputRef, real: str, allow_paths: list[Path]) -> None:
+    for folder in allow_paths:
+        root = os.path.realpath(folder)
+        if real == root or real.startswith(root.rstrip("/") + "/"):
+            return
+    if allow_paths:
+        why = f"it is outside the folders this node may read (--allow-path {', '.join(map(str, allow_paths))})"
+    else:
+        why = "this node was started without --allow-path, so it reads no local path"
+    raise StagingError(f"input {ref.name!r}: local path {real} ({ref.url}) refused: {why}",
+                       hint=ALLOW_HINT, retryable=False)
 
 
 def _pull(ref: InputRef, path: str, store: ContentStore, providers: list[str], target: Path) -> None:

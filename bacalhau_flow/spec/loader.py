@@ -1,38 +1,32 @@
 """Load pipeline specs from YAML, and turn every problem into a located `SpecError`.
 
-The YAML is composed into nodes first (they carry line and column marks), then built into
-Python data and validated by the pydantic models. A pydantic error's `loc` is walked back
-through the nodes, so the error names the file, the 1-based line and column of the offending
-key or value, and the field path prefixed by the pipeline name (`wordcount.input.glob`).
+The file is read and composed into nodes (`source`: they carry line and column marks), each
+document built into Python data and validated by the pydantic models; a pydantic error is
+walked back through the nodes (`locate`). Every error of a file is reported at once, in
+line order: one `SpecError`, or a `SpecErrors` holding several, each
+`file:line:column: pipeline.field: message`.
 """
 
 from __future__ import annotations
 
-import difflib
-import re
-import typing
+import os
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
 
 import yaml
-from pydantic import BaseModel, Tag, ValidationError
+from pydantic import ValidationError
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from bacalhau_flow.errors import NotYetSupported, SpecError
+from bacalhau_flow.errors import InputPathMissing, SpecError, SpecErrors
 
-from .models import COMBINATORS, NAME_RE, Pipeline, upstream_name, url_scheme
+from .locate import at_node, field_path, lookup, node_kind, validation_errors, walk
+from .models import COMBINATORS, NAME_RE, Input, Pipeline, _nested_inputs, upstream_name, url_scheme
+from .source import MAX_DEPTH, NO_PIPELINE, check_text, complete_before, compose, read_spec_file, yaml_error
+from .values import excerpt
 
-# Which error of several is reported: features we lack, then typos, then bad values,
-# then missing fields (often just the consequence of a typo); pydantic's order within each.
-_PRIORITY = {"not_yet_supported": 0, "extra_forbidden": 1, "missing": 3}
-_EXPECTED = {
-    "string_type": "a string", "int_type": "an integer", "int_from_float": "an integer",
-    "float_type": "a number", "bool_type": "a boolean", "dict_type": "a mapping",
-    "list_type": "a list", "model_type": "a mapping", "model_attributes_type": "a mapping",
-}
+MAX_ERRORS = 20  # reported at once; the hint counts the rest
 
 
 def load_spec(path: str | Path) -> list[Pipeline]:
@@ -40,47 +34,178 @@ def load_spec(path: str | Path) -> list[Pipeline]:
 
     Relative input urls are resolved against the file's directory (`Pipeline.base_dir`).
     """
-    source, file = str(path), Path(path)
-    if not file.exists():
-        raise SpecError("file does not exist", file=source)
-    if file.is_dir():
-        raise SpecError("is a directory, not a spec file", file=source)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise SpecError(f"not a UTF-8 text file ({exc.reason})", file=source) from None
-    except OSError as exc:
-        raise SpecError(f"cannot read the file: {exc.strerror}", file=source) from None
-    return load_spec_text(text, source=source, base_dir=file.absolute().parent)
+    text = read_spec_file(path)
+    return load_spec_text(text, source=str(path), base_dir=Path(path).absolute().parent)
 
 
 def load_spec_text(text: str, source: str = "<string>", base_dir: Path | None = None) -> list[Pipeline]:
-    """Every pipeline in the YAML `text`; `source` names it in errors, `base_dir` defaults to cwd."""
+    """Every pipeline in the YAML `text`; `source` names it in errors, `base_dir` defaults to cwd.
+
+    Raises a SpecError for one problem, a SpecErrors (a SpecError too) for several."""
     base = Path(base_dir) if base_dir is not None else Path.cwd()
-    try:
-        documents = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
-    except yaml.YAMLError as exc:
-        raise _yaml_error(exc, source) from None
+    check_text(text, source)
+    documents, malformed = compose(text, source)
+    if malformed is not None:  # a malformed document's content errors are mostly its breakage
+        whole = complete_before(text, malformed.line or 1)
+        documents = [node for node in documents if node is not None and node.start_mark.line < whole]
+    errors: list[SpecError] = []
     pipelines: list[Pipeline] = []
     first_line: dict[str, int] = {}
     for node in documents:
         if node is None or (isinstance(node, ScalarNode) and node.tag.endswith(":null")):
             continue  # an empty document
-        pipeline = _load_document(node, source)
-        name_node = _lookup(node, "pipeline")
+        pipeline = _load_document(node, source, base, errors)
+        if pipeline is None:
+            continue
+        name_node = lookup(node, "pipeline")
         line = name_node[1].start_mark.line + 1 if name_node else 0
         if pipeline.name in first_line:
-            raise _at(SpecError, f"duplicate pipeline name {pipeline.name!r} "
-                      f"(first defined at line {first_line[pipeline.name]})",
-                      source, name_node[1] if name_node else node, f"{pipeline.name}.pipeline")
+            errors.append(at_node(SpecError, f"duplicate pipeline name {pipeline.name!r} "
+                                  f"(first defined at line {first_line[pipeline.name]})",
+                                  source, name_node[1] if name_node else node, f"{pipeline.name}.pipeline"))
+            continue
         first_line[pipeline.name] = line
         pipeline.located(source, base)._references = _references(node, pipeline.name, source)
+        pipeline._url_marks = _url_marks(node, pipeline)
         pipelines.append(pipeline)
-    if not pipelines:
-        raise SpecError("no pipeline in this file (expected a mapping with a 'pipeline' key)",
-                        file=source)
-    check_cycles(pipelines)
+    if malformed is not None:
+        errors.append(malformed)
+    if not pipelines and not errors:
+        errors.append(SpecError(f"only empty documents: {NO_PIPELINE}", file=source, line=1, column=1))
+    try:
+        check_cycles(pipelines)
+    except SpecError as exc:
+        errors.append(exc)
+    raise_all(errors)
     return pipelines
+
+
+def raise_all(errors: list[SpecError]) -> None:
+    """Raise the errors, if any, in line order: the one error itself, or a SpecErrors."""
+    if not errors:
+        return
+    unique = list({str(e): e for e in errors}.values())
+    unique.sort(key=lambda e: (e.line or 0, e.column or 0))
+    if len(unique) == 1:
+        raise unique[0]
+    raise SpecErrors(unique[:MAX_ERRORS], more=max(0, len(unique) - MAX_ERRORS))
+
+
+def _load_document(node: Node, source: str, base: Path, errors: list[SpecError]) -> Pipeline | None:
+    """Validate one composed YAML document as a `Pipeline`; its errors go to `errors`."""
+    if not isinstance(node, MappingNode):
+        errors.append(at_node(SpecError, f"expected a mapping with a 'pipeline' key, got {node_kind(node)}",
+                              source, node, None))
+        return None
+    name = _doc_name(node)
+    before = len(errors)
+    errors += _duplicate_keys(node, source, name)
+    try:
+        data = SafeConstructor().construct_document(node)
+    except yaml.YAMLError as exc:
+        errors.append(yaml_error(exc, source))
+        return None
+    except ValueError:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        long = _first_long_number(node)
+        errors.append(at_node(SpecError, "a number with too many digits", source, long or node, None))
+        return None
+    try:
+        pipeline = Pipeline.model_validate(data, context={"base_dir": str(base)})
+    except ValidationError as exc:
+        errors += validation_errors(exc, node, source, name)
+        return None
+    except RecursionError:  # pragma: no cover - MAX_DEPTH keeps documents well below this
+        errors.append(at_node(SpecError, f"nested too deeply (more than {MAX_DEPTH} levels)", source, node,
+                              name))
+        return None
+    return pipeline if len(errors) == before else None
+
+
+def _first_long_number(root: Node) -> Node | None:
+    """The first integer scalar too long for Python to read, if any."""
+    stack, seen = [root], set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, ScalarNode) and node.tag.endswith(":int") and len(node.value) > 4000:
+            return node
+        if isinstance(node, SequenceNode):
+            stack += reversed(node.value)
+        elif isinstance(node, MappingNode):
+            stack += reversed([n for pair in node.value for n in pair])
+    return None
+
+
+def _doc_name(node: MappingNode) -> str | None:
+    """The document's pipeline name when it is a valid one (it prefixes field paths)."""
+    pair = lookup(node, "pipeline")
+    value = pair[1] if pair else None
+    if isinstance(value, ScalarNode) and value.tag.endswith(":str") and NAME_RE.fullmatch(value.value):
+        return value.value
+    return None
+
+
+def _duplicate_keys(root: Node, source: str, name: str | None) -> list[SpecError]:
+    """YAML silently keeps the last of two equal keys; a spec treats each such key as an error."""
+    found: list[SpecError] = []
+    seen_nodes: set[int] = set()
+
+    def visit(node: Node, parts: list[str]) -> None:
+        if id(node) in seen_nodes:
+            return
+        seen_nodes.add(id(node))
+        if isinstance(node, SequenceNode):
+            for i, item in enumerate(node.value):
+                visit(item, [*parts, f"[{i}]"])
+        elif isinstance(node, MappingNode):
+            first: dict[str, int] = {}
+            for k, v in node.value:
+                if not isinstance(k, ScalarNode) or k.value == "<<":
+                    continue
+                if k.value in first:
+                    message = f"duplicate key {excerpt(k.value)} (first at line {first[k.value]})"
+                    found.append(at_node(SpecError, message, source, k, field_path(name, [*parts, k.value])))
+                else:
+                    first[k.value] = k.start_mark.line + 1
+                visit(v, [*parts, k.value])
+
+    visit(root, [])
+    return found
+
+
+# --- local input paths -----------------------------------------------------------------------
+
+def _url_marks(doc: MappingNode, pipeline: Pipeline) -> dict[tuple, tuple[int, int, str | None]]:
+    """(line, column, field) of the `url:` value of each single input, by its loc in the tree."""
+    pair = lookup(doc, "input")
+    marks = {}
+    for loc, inner in _nested_inputs(pipeline.input, ()) if pair is not None else ():
+        if isinstance(inner, Input):
+            node, parts, _ = walk(pair[1], (*loc, "url"))
+            marks[loc] = (node.start_mark.line + 1, node.start_mark.column + 1,
+                          field_path(pipeline.name, ["input", *parts]))
+    return marks
+
+
+def check_local_inputs(pipeline: Pipeline) -> None:
+    """Raise InputPathMissing, located at its `url:` line, for each local input path (relative
+    to the spec's directory, or file://) of a loaded spec that does not exist."""
+    errors: list[SpecError] = []
+    for loc, inner in _nested_inputs(pipeline.input, ()):
+        mark = pipeline._url_marks.get(loc)
+        if mark is None or not isinstance(inner, Input) or url_scheme(inner.url) not in (None, "file"):
+            continue
+        path = inner.resolved_url(pipeline.base_dir)
+        if not os.path.exists(path):
+            line, column, field = mark
+            errors.append(InputPathMissing(
+                f"input {inner.name!r}: no such file or directory: {excerpt(inner.url)}"
+                + (f" ({path})" if len(path) <= 200 else ""),
+                file=pipeline.source_file, line=line, column=column, field=field,
+                hint=f"a relative url is read from the spec's folder, {pipeline.base_dir}"))
+    raise_all(errors)
 
 
 # --- pipelines reading each other's outputs (pipeline://) -------------------------------------
@@ -113,14 +238,13 @@ def _references(doc: MappingNode, name: str, source: str) -> list[Reference]:
                 continue
             if key.value == "url" and isinstance(value, ScalarNode) and url_scheme(value.value) == "pipeline":
                 mark = value.start_mark
-                field = ".".join([name, *parts, "url"]).replace(".[", "[")
                 found.append(Reference(upstream_name(value.value), source, mark.line + 1, mark.column + 1,
-                                       field))
+                                       field_path(name, [*parts, "url"])))
             elif key.value in COMBINATORS and isinstance(value, SequenceNode):
                 for i, member in enumerate(value.value):
                     visit(member, [*parts, key.value, f"[{i}]"])
 
-    pair = _lookup(doc, "input")
+    pair = lookup(doc, "input")
     if pair is not None:
         visit(pair[1], ["input"])
     return found
@@ -150,209 +274,3 @@ def check_cycles(pipelines: list[Pipeline]) -> None:
 
     for pipeline in pipelines:
         visit(pipeline, [pipeline.name])
-
-
-def _load_document(node: Node, source: str) -> Pipeline:
-    """Validate one composed YAML document as a `Pipeline`."""
-    if not isinstance(node, MappingNode):
-        raise _at(SpecError, f"expected a mapping with a 'pipeline' key, got {_node_kind(node)}",
-                  source, node, None)
-    name = _doc_name(node)
-    _check_duplicate_keys(node, source, name)
-    try:
-        data = SafeConstructor().construct_document(node)
-    except yaml.YAMLError as exc:
-        raise _yaml_error(exc, source) from None
-    try:
-        return Pipeline.model_validate(data)
-    except ValidationError as exc:
-        errors = exc.errors()
-        _, err = min(enumerate(errors), key=lambda ie: (_PRIORITY.get(ie[1]["type"], 2), ie[0]))
-        raise _validation_error(err, node, source, name) from None
-
-
-def _validation_error(err: Any, root: Node, source: str, name: str | None) -> SpecError:
-    """A located `SpecError` (or `NotYetSupported`) for one pydantic error."""
-    kind, ctx = err["type"], err.get("ctx") or {}
-    at = ctx.get("at")  # a key, or a path of keys and indexes, below the error's loc
-    loc = tuple(err["loc"]) + (tuple(at) if isinstance(at, (tuple, list)) else (at,) if at else ())
-    node, parts, last_key = _walk(root, tuple(step for step in loc if not _is_tag(step)))
-    if last_key is not None and (kind in ("extra_forbidden", "invalid_key") or ctx.get("at")):
-        node = last_key  # an error about a key; a missing key points at its mapping instead
-    field = ".".join(([name] if name else []) + parts).replace(".[", "[")
-    cls = NotYetSupported if kind == "not_yet_supported" else SpecError
-    return _at(cls, _message(err, loc), source, node, field or None)
-
-
-def _walk(root: Node, loc: tuple[Any, ...]) -> tuple[Node, list[str], Node | None]:
-    """Follow `loc` through the nodes: (deepest node, field path parts, key node of the last step).
-
-    Steps that match nothing (pydantic's union and validator tags) are skipped, except the
-    last one, which names a missing or unknown key and so belongs in the field path.
-    """
-    node, parts, key_node = root, [], None
-    for i, step in enumerate(loc):
-        if step == "[key]" and key_node is not None:
-            node = key_node  # pydantic's marker for an error in a dict key, not its value
-        elif isinstance(node, MappingNode) and (pair := _lookup(node, step)) is not None:
-            key_node, node = pair
-            parts.append(str(step))
-            if isinstance(node, ScalarNode) and node.tag.endswith(":null") and not node.value:
-                node = key_node  # `key:` with nothing after it: point at the key
-        elif isinstance(node, SequenceNode) and isinstance(step, int) and 0 <= step < len(node.value):
-            key_node, node = None, node.value[step]
-            parts.append(f"[{step}]")
-        elif i == len(loc) - 1:
-            key_node = None
-            parts.append(f"[{step}]" if isinstance(step, int) else str(step))
-    return node, parts, key_node
-
-
-def _lookup(node: Node, key: Any) -> tuple[Node, Node] | None:
-    """The (key node, value node) of `key` in a mapping node; the last one wins, as in YAML."""
-    found = None
-    if isinstance(node, MappingNode):
-        for k, v in node.value:
-            if isinstance(k, ScalarNode) and k.value == str(key):
-                found = (k, v)
-    return found
-
-
-def _message(err: Any, loc: tuple[Any, ...]) -> str:
-    """A message saying what was expected, for one pydantic error."""
-    kind, ctx, given = err["type"], err.get("ctx") or {}, err.get("input")
-    if kind == "missing":
-        return "field required"
-    if kind == "invalid_key" or loc[-1] == "[key]":
-        return f"keys must be strings, got {_describe(given)}"
-    if kind == "extra_forbidden":
-        key, allowed = str(loc[-1]), _fields_at(loc[:-1])
-        close = difflib.get_close_matches(key, allowed, n=1) or [
-            f for f in allowed if min(len(f), len(key)) >= 3 and (key.startswith(f) or f.startswith(key))]
-        if close:
-            return f"unknown field {key!r} (did you mean {close[0]!r}?)"
-        return f"unknown field {key!r}" + (f"; expected one of {', '.join(allowed)}" if allowed else "")
-    if kind == "literal_error":
-        options = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
-        return f"expected one of {', '.join(options)}, got {_describe(given)}"
-    if kind in _EXPECTED:
-        return f"expected {_EXPECTED[kind]}, got {_describe(given)}"
-    if kind == "value_error":
-        return str(ctx.get("error", err["msg"]))
-    for bound, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
-        if bound in ctx and kind.startswith(("greater_than", "less_than")):
-            return f"must be {op} {ctx[bound]}, got {_describe(given)}"
-    return str(err["msg"])
-
-
-def _fields_at(loc: tuple[Any, ...]) -> list[str]:
-    """The field names of the model that `loc` leads to from `Pipeline` (empty if none).
-
-    Where a field holds one of several models (the input kinds), a union tag in `loc` picks
-    one; without a tag, the one with the next step as a field, else the first."""
-    models: list[tuple[type[BaseModel], str | None]] = [(Pipeline, None)]
-    for step in loc:
-        if isinstance(step, int):
-            continue  # an index into a list of models
-        if _is_tag(step):
-            models = [pair for pair in models if pair[1] == step] or models
-            continue
-        model = next((m for m, _ in models if step in m.model_fields), None)
-        if model is None:
-            break
-        models = _models_in(model.model_fields[step].annotation)
-    return list(models[0][0].model_fields) if models else []
-
-
-def _models_in(annotation: Any, tag: str | None = None) -> list[tuple[type[BaseModel], str | None]]:
-    """(model, union tag) of each model a field's annotation can hold, through Optional,
-    Union, list and Annotated."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [(annotation, tag)]
-    if typing.get_origin(annotation) is typing.Annotated:
-        base, *meta = typing.get_args(annotation)
-        return _models_in(base, next((m.tag for m in meta if isinstance(m, Tag)), tag))
-    return [pair for arg in typing.get_args(annotation) for pair in _models_in(arg, tag)]
-
-
-def _is_tag(step: Any) -> bool:
-    """Whether a loc step is a tag of the models' tagged unions (written `<kind>`)."""
-    return isinstance(step, str) and step.startswith("<") and step.endswith(">")
-
-
-def _describe(value: Any) -> str:
-    """How a YAML value reads to its author: `a string ('x')`, `a mapping`, `null`."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return f"a boolean ({str(value).lower()})"
-    if isinstance(value, int):
-        return f"an integer ({value})"
-    if isinstance(value, float):
-        return f"a number ({value})"
-    if isinstance(value, str):
-        return repr(value)
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, (list, tuple)):
-        return "a list"
-    return f"{type(value).__name__} ({value})"
-
-
-def _node_kind(node: Node) -> str:
-    if isinstance(node, SequenceNode):
-        return "a list"
-    if isinstance(node, MappingNode):
-        return "a mapping"
-    return f"a scalar ({node.value!r})"
-
-
-def _doc_name(node: MappingNode) -> str | None:
-    """The document's pipeline name when it is a valid one (it prefixes field paths)."""
-    pair = _lookup(node, "pipeline")
-    value = pair[1] if pair else None
-    if isinstance(value, ScalarNode) and value.tag.endswith(":str") and NAME_RE.fullmatch(value.value):
-        return value.value
-    return None
-
-
-def _check_duplicate_keys(root: Node, source: str, name: str | None) -> None:
-    """YAML silently keeps the last of two equal keys; a spec treats that as an error."""
-    seen_nodes: set[int] = set()
-
-    def visit(node: Node, parts: list[str]) -> None:
-        if id(node) in seen_nodes:
-            return
-        seen_nodes.add(id(node))
-        if isinstance(node, SequenceNode):
-            for i, item in enumerate(node.value):
-                visit(item, [*parts, f"[{i}]"])
-        elif isinstance(node, MappingNode):
-            first: dict[str, int] = {}
-            for k, v in node.value:
-                if not isinstance(k, ScalarNode) or k.value == "<<":
-                    continue
-                if k.value in first:
-                    field = ".".join(([name] if name else []) + [*parts, k.value]).replace(".[", "[")
-                    raise _at(SpecError, f"duplicate key {k.value!r} (first at line {first[k.value]})",
-                              source, k, field)
-                first[k.value] = k.start_mark.line + 1
-                visit(v, [*parts, k.value])
-
-    visit(root, [])
-
-
-def _at(cls: type[SpecError], message: str, source: str, node: Node, field: str | None) -> SpecError:
-    mark = node.start_mark
-    return cls(message, file=source, line=mark.line + 1, column=mark.column + 1, field=field)
-
-
-def _yaml_error(exc: yaml.YAMLError, source: str) -> SpecError:
-    """Malformed YAML, located at the problem mark."""
-    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    context = getattr(exc, "context", None)
-    message = f"invalid YAML: {problem}" + (f" ({context})" if context else "")
-    if mark is None:
-        return SpecError(message, file=source)
-    return SpecError(message, file=source, line=mark.line + 1, column=mark.column + 1)

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union
 from urllib.parse import unquote, urlsplit
 
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, field_validator,
-                      model_validator)
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, ValidationInfo,
+                      field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
-from .values import Command, Cpu, Duration, GlobStr, Size, StrMap, compiled_glob, no_default
+from .values import Command, Cpu, Duration, GlobStr, Size, StrMap, compiled_glob, excerpt, no_default
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 SCHEMES = ("file", "http", "https", "ipfs", "s3", "memory", "pipeline")
@@ -72,12 +72,17 @@ class Input(_Model):
 
     @model_validator(mode="before")
     @classmethod
-    def _default_name(cls, data: Any) -> Any:
+    def _default_name(cls, data: Any, info: ValidationInfo) -> Any:
         if not isinstance(data, dict):
             return data
         url = data.get("url")
-        if "name" not in data and isinstance(url, str):
-            data = {**data, "name": _default_name(url)}
+        if "name" not in data and isinstance(url, str) and url.strip():
+            base_dir = (info.context or {}).get("base_dir") or os.getcwd()
+            name = _default_name(url) or _folder_name(url, base_dir)
+            if not name:
+                raise PydanticCustomError("input_name", "cannot derive an input name from url {url}: "
+                                          "give the input a name (name: data)", {"url": excerpt(url), "at": "url"})
+            data = {**data, "name": name}
         return data
 
     @field_validator("url")
@@ -102,7 +107,7 @@ class Input(_Model):
     @classmethod
     def _check_name(cls, name: str) -> str:
         if not name:
-            raise ValueError("cannot derive an input name from the url; set input.name")
+            raise ValueError("the input name must not be empty")
         if "/" in name or name in (".", ".."):
             raise ValueError(f"invalid input name {name!r}: must not contain '/' or be '.' or '..'")
         return name
@@ -222,6 +227,15 @@ def _default_name(url: str) -> str:
     return segments[-1] if segments else ""
 
 
+def _folder_name(url: str, base_dir: str | Path) -> str:
+    """For a local url with no name in it (`.`, `..`, `./`): the real name of the folder it
+    names, resolved against the spec's directory (empty for `/`)."""
+    if url_scheme(url) not in (None, "file"):
+        return ""
+    path = _file_url_path(url) if url_scheme(url) == "file" else url
+    return os.path.basename(os.path.abspath(os.path.join(base_dir, os.path.expanduser(path))))
+
+
 class Transform(_Model):
     """What runs on each shard, and with which executor."""
 
@@ -237,6 +251,20 @@ class Transform(_Model):
                          description="Command and arguments; a single string runs via `sh -c`.")
     stdin: str | None = Field(None, description="Text piped to the command's standard input.")
     env: StrMap = Field(default_factory=dict, description="Extra environment variables.")
+    secrets: StrMap = Field(default_factory=dict, description=(
+        "Environment variables whose values are secret: NAME: env:VAR | file:PATH | prefect:BLOCK. Read on "
+        "the requester at dispatch, sealed to the node that runs the shard; never stored or logged."))
+
+    @field_validator("secrets")
+    @classmethod
+    def _check_secrets(cls, secrets: dict[str, str]) -> dict[str, str]:
+        for name, source in secrets.items():
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"secret name {name!r} is not an environment variable name")
+            kind, _, where = source.partition(":")
+            if kind not in ("env", "file", "prefect") or not where:
+                raise ValueError(f"secret {name}: {source!r} is not env:VAR, file:PATH or prefect:BLOCK")
+        return secrets
 
     @model_validator(mode="before")
     @classmethod
@@ -398,6 +426,7 @@ class Pipeline(_Model):
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
     _references: list = PrivateAttr(default_factory=list)  # spec.loader.Reference, one per pipeline:// url
     _upstreams: dict = PrivateAttr(default_factory=dict)  # upstream name -> ipfs://CID (flow/dag.py)
+    _url_marks: dict = PrivateAttr(default_factory=dict)  # input loc -> (line, column, field) of its url
 
     @field_validator("input")
     @classmethod
@@ -455,7 +484,13 @@ class Pipeline(_Model):
         return {upstream_name(leaf.url) for leaf in _leaf_inputs(self.input) if url_scheme(leaf.url) == "pipeline"}
 
     def resolve_upstreams(self, outputs: dict[str, str]) -> Pipeline:
-        """Read `pipeline://NAME` inputs from `outputs[NAME]` (an `ipfs://CID` url); returns self."""
+        """Read `pipeline://NAME` inputs from `outputs[NAME]` (an `ipfs://CID` url); returns self.
+
+        Every plan resolves them first: so here, a local input path of a spec file that does
+        not exist is an `InputPathMissing` located at its `url:` line (spec.loader)."""
+        from .loader import check_local_inputs
+
+        check_local_inputs(self)
         self._upstreams = dict(outputs)
         return self
 

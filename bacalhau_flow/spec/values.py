@@ -80,7 +80,22 @@ def parse_cpu(value: Any) -> Any:
         raise ValueError(f"expected a number of CPU cores such as 0.5 or '500m', got {value!r}")
     if isinstance(value, str) and re.fullmatch(r"\s*\d+(\.\d+)?m\s*", value):
         return float(value.strip()[:-1]) / 1000
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"{excerpt(value)} is not a number of cores, e.g. 0.5 or 2 "
+                             "(or millicores, e.g. '500m')") from None
     return value
+
+
+def excerpt(text: str, limit: int = 80) -> str:
+    """`repr(text)`, cut to about `limit` characters when longer (saying how long it was), so
+    that an error never echoes a whole file."""
+    shown = repr(text)
+    if len(shown) <= limit + 2:
+        return shown
+    return f"{shown[:limit]}…{shown[0]} ({len(text)} characters)"
 
 
 def _scalar_to_str(value: Any) -> Any:

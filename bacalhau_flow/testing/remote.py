@@ -242,6 +242,11 @@ class RemoteNodes:
         folder = self.root / name
         home = folder / "home"
         home.mkdir(parents=True)
+        # as an operator would: the node trusts the requester's key (`bflow id` on its machine)
+        from ..network.identity import Identity
+
+        requester = Identity.load_or_create(self.requester_home / "client.key").node_id
+        (home / "trusted").write_text(f"# the requester these tests run\n{requester}\n")
         self.names.append(name)
         argv = [*_bflow_command(), "node", "--network", self.url, "--name", name, *self.node_args]
         with open(folder / "stdout", "wb") as out, open(folder / "stderr", "wb") as err:

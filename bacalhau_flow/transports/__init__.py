@@ -1,10 +1,11 @@
 """Transports connect requesters and compute nodes. Found by URL scheme through the
-entry point group `bacalhau_flow.transports` (memory://, nats://)."""
+entry point group `bacalhau_flow.transports` (memory://, nats://, tls://)."""
 
 from __future__ import annotations
 
 from ..plugins import Registry
 from .base import Envelope, NoResponders, RequestTimeout, Transport, TransportError
+from .redact import redacted
 
 TRANSPORTS = Registry(
     "bacalhau_flow.transports",
@@ -14,6 +15,9 @@ TRANSPORTS = Registry(
         # A plugin with its own package (plugins/bacalhau-flow-nats); named here for its install hint.
         "nats": ("bacalhau_flow_nats.transport:NatsTransport",
                  "install the NATS plugin: pip install -e plugins/bacalhau-flow-nats (scripts/setup.sh does)"),
+        # NATS over TLS (tls://host:port): the same plugin.
+        "tls": ("bacalhau_flow_nats.transport:NatsTransport",
+                "install the NATS plugin: pip install -e plugins/bacalhau-flow-nats (scripts/setup.sh does)"),
     },
 )
 
@@ -24,4 +28,4 @@ def transport_for(url: str) -> Transport:
     return TRANSPORTS.load(scheme)(url)
 
 
-__all__ = ["Envelope", "NoResponders", "RequestTimeout", "Transport", "TransportError", "transport_for"]
+__all__ = ["Envelope", "NoResponders", "RequestTimeout", "Transport", "TransportError", "redacted", "transport_for"]

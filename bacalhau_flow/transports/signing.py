@@ -14,6 +14,13 @@ unchanged; handlers never see it.
 Each subscription also drops envelopes whose (sender, id) it has already delivered,
 counted in `duplicates`; a repeated request is answered with the first reply again, so
 its handler runs once (decision 3: message ids make duplicates harmless).
+
+No replays: the signature also covers `to`, the subject the envelope was sent on (a reply's
+is `reply:<id of the request>`), and `sent`, stamped when it is signed. A receiver refuses an
+envelope signed for another subject (a captured accept resent to another node), a reply to
+another request, and one sent more than MAX_AGE_S ago or more than CLOCK_SKEW_S in the future
+(the clocks of two machines may differ by up to CLOCK_SKEW_S: keep them in sync with NTP).
+Within that window the seen set refuses a repeat; past it, age does.
 """
 
 from __future__ import annotations
@@ -21,25 +28,40 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
+import time
 from collections import OrderedDict
+from typing import Callable
 
 from ..network.identity import Identity, node_id_for, verify
 from .base import Envelope, Handler, Subscription, Transport, TransportError
 
 log = logging.getLogger(__name__)
 
-SIG_KEY = "_sig"  # reserved body key that carries {"key", "sig"}
+SIG_KEY = "_sig"  # reserved body key that carries {"key", "sig", "to"}
+MAX_AGE_S = 120.0  # an envelope older than this is refused
+CLOCK_SKEW_S = 30.0  # how far apart two machines' clocks may be
 
 
-def signed_bytes(envelope: Envelope) -> bytes:
-    """What is signed: canonical JSON of kind, body (without `_sig`), sender, id and sent.
+def signed_bytes(envelope: Envelope, to: str = "") -> bytes:
+    """What is signed: canonical JSON of kind, body (without `_sig`), sender, id, sent and
+    `to` (the subject, or `reply:<request id>`).
 
     Raises TypeError or ValueError when the envelope holds something JSON cannot encode.
     """
     body = {k: v for k, v in envelope.body.items() if k != SIG_KEY}
-    fields = {"kind": envelope.kind, "body": body, "sender": envelope.sender, "id": envelope.id}
-    fields["sent"] = envelope.sent
+    fields = {"kind": envelope.kind, "body": body, "sender": envelope.sender, "id": envelope.id,
+              "sent": envelope.sent, "to": to}
     return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+
+
+def addressed_to(to: str, subject: str) -> bool:
+    """Whether an envelope signed for `to` belongs on the subscription `subject` (which may
+    end in `.*`: one more word)."""
+    if subject.endswith(".*"):
+        prefix = subject[:-1]
+        return to.startswith(prefix) and "." not in to[len(prefix):] and len(to) > len(prefix)
+    return to == subject
 
 
 class SignedTransport(Transport):
@@ -73,7 +95,7 @@ class SignedTransport(Transport):
 
     async def publish(self, subject: str, envelope: Envelope) -> None:
         """Sign `envelope` (as this node) and announce it through the inner transport."""
-        await self.inner.publish(subject, self._seal(envelope))
+        await self.inner.publish(subject, self._seal(envelope, subject))
 
     async def request(self, subject: str, envelope: Envelope, timeout: float) -> Envelope:
         """Sign `envelope`, send it, and return the reply once its signature checks out.
@@ -81,8 +103,9 @@ class SignedTransport(Transport):
         Raises NoResponders or RequestTimeout as the inner transport does, and
         TransportError when the reply fails its signature check.
         """
-        reply = await self.inner.request(subject, self._seal(envelope), timeout)
-        opened = self._open(reply, f"in a reply on {subject}")
+        sealed = self._seal(envelope, subject)
+        reply = await self.inner.request(subject, sealed, timeout)
+        opened = self._open(reply, f"in a reply on {subject}", lambda to: to == "reply:" + sealed.id)
         if opened is None:
             raise TransportError(f"reply from {reply.sender or '(no sender)'} failed its signature check")
         return opened
@@ -93,7 +116,7 @@ class SignedTransport(Transport):
         seen: OrderedDict[tuple[str, str], asyncio.Future] = OrderedDict()
 
         async def checked(envelope: Envelope) -> Envelope | None:
-            opened = self._open(envelope, f"on {subject}")
+            opened = self._open(envelope, f"on {subject}", lambda to: addressed_to(to, subject))
             if opened is None:
                 return None
             key = (opened.sender, opened.id)
@@ -109,37 +132,46 @@ class SignedTransport(Transport):
             try:
                 reply = await handler(opened)
                 if reply is not None:
-                    reply = self._seal(reply)
+                    reply = self._seal(reply, "reply:" + opened.id)
                 return reply
             finally:
                 done.set_result(reply)
 
         return await self.inner.subscribe(subject, checked)
 
-    def _seal(self, envelope: Envelope) -> Envelope:
-        """A signed copy of `envelope` sent by this node (same id, kind, body and time)."""
+    def _seal(self, envelope: Envelope, to: str) -> Envelope:
+        """A signed copy of `envelope` sent by this node to `to` (same id, kind and body; sent
+        now, so a result offered again after an outage is not refused as old)."""
         body = {k: v for k, v in envelope.body.items() if k != SIG_KEY}
-        sealed = Envelope(envelope.kind, body, sender=self.node_id, id=envelope.id, sent=envelope.sent)
-        signature = self.identity.sign(signed_bytes(sealed))
-        sealed.body[SIG_KEY] = {"key": self.identity.public_key_b64, "sig": signature}
+        sealed = Envelope(envelope.kind, body, sender=self.node_id, id=envelope.id, sent=time.time())
+        signature = self.identity.sign(signed_bytes(sealed, to))
+        sealed.body[SIG_KEY] = {"key": self.identity.public_key_b64, "sig": signature, "to": to}
         return sealed
 
-    def _open(self, envelope: Envelope, where: str) -> Envelope | None:
-        """The envelope without its `_sig` if the signature is good and its key is the
-        sender's; otherwise None, counted in `rejected` and logged. Never raises."""
+    def _open(self, envelope: Envelope, where: str, expected: Callable[[str], bool]) -> Envelope | None:
+        """The envelope without its `_sig` if the signature is good, its key is the sender's,
+        it was signed for what `expected` accepts and it is fresh; otherwise None, counted in
+        `rejected` and logged. Never raises."""
         body = envelope.body if isinstance(envelope.body, dict) else {}
         sig = body.get(SIG_KEY)
         if not isinstance(sig, dict):
             return self._reject(envelope, where, "it is not signed")
-        key, signature = sig.get("key"), sig.get("sig")
+        key, signature, to = sig.get("key"), sig.get("sig"), sig.get("to")
+        if not isinstance(to, str):
+            return self._reject(envelope, where, "it names no recipient")
         try:
-            data = signed_bytes(envelope)
+            data = signed_bytes(envelope, to)
         except (TypeError, ValueError):
             return self._reject(envelope, where, "it cannot be encoded")
         if not verify(key, data, signature):
             return self._reject(envelope, where, "its signature is not valid")
         if node_id_for(key) != envelope.sender:
             return self._reject(envelope, where, f"it is signed by {node_id_for(key)}")
+        if not expected(to):
+            return self._reject(envelope, where, f"it was signed for {to}")
+        age = time.time() - envelope.sent if isinstance(envelope.sent, (int, float)) else math.inf
+        if not -CLOCK_SKEW_S <= age <= MAX_AGE_S + CLOCK_SKEW_S:
+            return self._reject(envelope, where, f"it was sent {age:.0f} s ago (outside the replay window)")
         clean = {k: v for k, v in body.items() if k != SIG_KEY}
         return Envelope(envelope.kind, clean, sender=envelope.sender, id=envelope.id, sent=envelope.sent)
 

@@ -255,3 +255,26 @@ def test_a_node_without_an_engine_does_not_offer_docker(tmp_path):
                        check=False)
     assert r.returncode == 0, r.stderr
     assert "no Docker engine answers" in r.stdout and "dockerd" in r.stdout
+
+
+def test_a_socket_nothing_listens_on_is_no_engine_and_needs_no_docker_sdk(tmp_path):
+    import socket
+
+    path = tmp_path / "docker.sock"
+    with socket.socket(socket.AF_UNIX) as bound:  # bound, never listening: connections are refused
+        bound.bind(str(path))
+        script = (
+            "import sys\n"
+            "from bacalhau_flow.network.node import _loadable\n"
+            "assert _loadable('local') and not _loadable('docker') and not _loadable('docker')\n"
+            "from bacalhau_flow.executors.docker import engine\n"
+            "try:\n    engine()\nexcept Exception as e:\n    print(e.message)\n"
+            "print('docker' in sys.modules)\n"
+        )
+        env = {**os.environ, "DOCKER_HOST": f"unix://{path}"}
+        r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60,
+                           check=False)
+    assert r.returncode == 0, r.stderr
+    message, imported = r.stdout.strip().splitlines()
+    assert message == f"no Docker engine answers: nothing listens on {path}"
+    assert imported == "False"

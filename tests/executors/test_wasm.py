@@ -43,6 +43,17 @@ def test_the_registry_gives_the_wasm_executor():
     assert isinstance(get_executor("wasm"), WasmExecutor)
 
 
+def test_a_node_offers_wasm_without_importing_wasmtime_until_a_module_runs():
+    import subprocess
+    import sys
+
+    script = ("import sys\nfrom bacalhau_flow.network.node import _loadable\n"
+              "assert _loadable('wasm')\nprint('wasmtime' in sys.modules)\n")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"
+
+
 def test_hello_world(tmp_path):
     ex = execution(tmp_path, build("hello", tmp_path))
     result = run(ex)

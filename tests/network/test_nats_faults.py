@@ -12,8 +12,12 @@ from bacalhau_flow.network.devstack import Devstack
 
 
 def start_node(url: str, name: str) -> subprocess.Popen:
+    """A `bflow node` process trusting this test session's requester (its $BFLOW_HOME's key)."""
+    from bacalhau_flow.network.embedded import client_identity
+
     proc = subprocess.Popen([sys.executable, "-m", "bacalhau_flow.cli", "node", "--network", url, "--name", name,
-                             "--cpu", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             "--cpu", "1", "--trust", client_identity().node_id],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.node_id = proc.stdout.readline().decode().strip()  # printed once the node has joined
     assert proc.node_id.startswith("n-"), proc.stderr.read().decode()
     return proc

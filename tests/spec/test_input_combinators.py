@@ -167,7 +167,7 @@ def test_empty_combinator_warns_with_zero_shards(foo):
     input:
       cross: []
     transform: {cmd: [x]}
-    """, (3, 10, "wc.input.cross"), "List should have at least 1 item"),
+    """, (3, 10, "wc.input.cross"), "must not be empty"),
     ("""\
     pipeline: wc
     input:

@@ -293,7 +293,7 @@ def test_duplicate_keys_in_a_mapping():
 @pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n", "---\n---\n", "~\n"])
 def test_a_file_without_pipelines_is_an_error(text):
     err = spec_error(text)
-    assert where(err) == (None, None, None)
+    assert where(err) == (1, 1, None)
     assert "no pipeline" in err.detail
 
 

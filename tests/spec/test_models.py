@@ -44,7 +44,7 @@ def test_fields_keep_the_order_of_the_product_spec():
     assert list(Input.model_fields) == ["name", "url", "glob", "exclude", "batch_size", "join_on", "outer_join",
                                         "group_by"]
     assert list(Transform.model_fields) == [
-        "executor", "image", "module", "entrypoint", "fuel", "cmd", "stdin", "env"]
+        "executor", "image", "module", "entrypoint", "fuel", "cmd", "stdin", "env", "secrets"]
     assert list(Resources.model_fields) == ["cpu", "memory", "disk", "gpu"]
 
 
@@ -106,11 +106,20 @@ def test_bad_input_names_are_rejected(name):
         Input(url="data/books", name=name)
 
 
-@pytest.mark.parametrize("url", [".", "..", "./"])
-def test_url_without_a_usable_segment_needs_an_explicit_name(url):
-    with pytest.raises(ValidationError, match="set input.name"):
+@pytest.mark.parametrize("url", [".", "..", "./", "file://."])
+def test_url_without_a_usable_segment_is_named_after_the_folder_it_names(url, tmp_path):
+    base = tmp_path / "specs" / "here"
+    expected = "specs" if url == ".." else "here"
+    assert Input.model_validate({"url": url}, context={"base_dir": str(base)}).name == expected
+    assert Input(url=url).name == os.path.basename(os.path.abspath(url.removeprefix("file://")))  # cwd
+    assert Input(url=url, name="mine").name == "mine"
+
+
+@pytest.mark.parametrize("url", ["/", "file:///", "/.."])
+def test_url_naming_no_folder_needs_an_explicit_name(url):
+    with pytest.raises(ValidationError, match="cannot derive an input name from url .*give the input a name"):
         Input(url=url)
-    assert Input(url=url, name="here").name == "here"
+    assert Input(url=url, name="root").name == "root"
 
 
 @pytest.mark.parametrize("url", ["", "ftp://host/x", "gs://bucket/x", "ipfs://", "s3:///"])

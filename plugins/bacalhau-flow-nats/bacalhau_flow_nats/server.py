@@ -19,6 +19,14 @@ subjects flow both ways and the two networks act as one:
     leaf = NatsServer(leaf_remotes=[hub.leaf_url]).start()
     leaf.wait_for_leaves(1)
 
+A server given `tls_cert`/`tls_key` speaks TLS (its `url` is tls://; with `tls_ca` and
+`tls_verify=True` it also wants client certificates signed by that CA); one given `user` and
+`password`, or `token`, wants those from its clients; `config` is more nats-server config
+text (e.g. an operator and its accounts). These go into its config file (mode 0600), never
+onto its command line:
+
+    server = NatsServer(tls_cert="server.pem", tls_key="server.key", token=secret).start()
+
 The server's folder (ports file, log, config) is removed by `stop()` when it was made here.
 """
 
@@ -92,6 +100,14 @@ class NatsServer:
         args: list[str] | tuple[str, ...] = (),
         leaf_port: int | None = None,
         leaf_remotes: list[str] | tuple[str, ...] = (),
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
+        tls_ca: str | Path | None = None,
+        tls_verify: bool = False,
+        user: str | None = None,
+        password: str | None = None,
+        token: str | None = None,
+        config: str = "",
     ):
         self.host, self.port, self.cluster_port = host, port, cluster_port
         self.monitor_port: int | None = 0 if monitor else None
@@ -105,13 +121,23 @@ class NatsServer:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="bflow-nats-"))
         self.log_path = self.workdir / "nats-server.log"
         self.args = list(args)
+        if (tls_cert is None) != (tls_key is None):
+            raise NatsServerError("a TLS nats-server needs both tls_cert and tls_key")
+        self.tls = {k: str(Path(v).absolute()) for k, v in
+                    dict(cert_file=tls_cert, key_file=tls_key, ca_file=tls_ca).items() if v is not None}
+        if self.tls and tls_verify:
+            self.tls["verify"] = True
+        if token is not None and (user is not None or password is not None):
+            raise NatsServerError("a nats-server takes a token or a user and password, not both")
+        self.authorization = {k: v for k, v in dict(user=user, password=password, token=token).items() if v is not None}
+        self.extra_config = config
         self.process: subprocess.Popen | None = None
 
     # -- addresses ---------------------------------------------------------------
     @property
     def url(self) -> str:
-        """The client URL, e.g. nats://127.0.0.1:4222 (the port is known once started)."""
-        return f"nats://{self.host}:{self.port}"
+        """The client URL, e.g. nats://127.0.0.1:4222, tls://... with TLS (the port is known once started)."""
+        return f"{'tls' if self.tls else 'nats'}://{self.host}:{self.port}"
 
     @property
     def cluster_url(self) -> str:
@@ -146,21 +172,32 @@ class NatsServer:
             cmd += ["--cluster", f"nats://{self.host}:{self.cluster_port or -1}", "--cluster_name", self.cluster_name]
         if self.routes:
             cmd += ["--routes", ",".join(self.routes)]
-        if self.leaf_port is not None or self.leaf_remotes:
+        if self.leaf_port is not None or self.leaf_remotes or self.tls or self.authorization or self.extra_config:
             cmd += ["-c", str(self._write_config())]
         return cmd + self.args
 
     def _write_config(self) -> Path:
-        """Leaf node settings exist only in a config file (the flags above still apply)."""
-        lines = ["leafnodes {"]
-        if self.leaf_port is not None:
-            lines.append(f'  listen: "{self.host}:{self.leaf_port}"')
-        if self.leaf_remotes:
-            lines.append("  remotes: [ { urls: [" + ", ".join(json.dumps(u) for u in self.leaf_remotes) + "] } ]")
-        lines.append("}")
+        """Leaf node, TLS and authorization settings go into a config file (the flags above
+        still apply); secrets stay off the command line, and the file is the owner's only."""
+        lines = []
+        if self.leaf_port is not None or self.leaf_remotes:
+            lines.append("leafnodes {")
+            if self.leaf_port is not None:
+                lines.append(f'  listen: "{self.host}:{self.leaf_port}"')
+            if self.leaf_remotes:
+                lines.append("  remotes: [ { urls: [" + ", ".join(json.dumps(u) for u in self.leaf_remotes) + "] } ]")
+            lines.append("}")
+        for block, settings in (("tls", self.tls), ("authorization", self.authorization)):
+            if settings:
+                lines += [f"{block} {{"] + [f"  {k}: {json.dumps(v)}" for k, v in settings.items()] + ["}"]
+        if self.extra_config:
+            lines.append(self.extra_config)
         self.workdir.mkdir(parents=True, exist_ok=True)
         path = self.workdir / "nats-server.conf"
-        path.write_text("\n".join(lines) + "\n")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        os.chmod(path, 0o600)
         return path
 
     def start(self, timeout: float = 10.0) -> "NatsServer":

@@ -2,6 +2,11 @@
 
 - URL: `nats://host:port`, or a comma-separated list of servers of one cluster
   (`nats://a:4222,nats://b:4222`; the scheme may be left off after the first).
+  `tls://host:port` insists on TLS; credentials may be in the URL (`nats://user:pass@host:port`,
+  `nats://token@host:port`). TLS files, credentials files and credentials from the
+  environment: security.py. A URL is printed and logged only redacted (`nats://***@host:port`).
+- Connecting fails at once, with its own message, when the server refuses the credentials or
+  its certificate is not trusted; a file that cannot be read fails before (exit status 2).
 - Connection loss: nats-py reconnects forever, with exponential backoff and jitter, and
   re-subscribes by itself; publishes made meanwhile are buffered (up to `pending_size`).
 - Subjects are NATS subjects; a subscription may end in `.*` (one more word), as the seam says.
@@ -18,6 +23,7 @@ import inspect
 import logging
 import math
 import random
+import ssl
 import time
 import uuid
 from typing import Any
@@ -35,8 +41,22 @@ from bacalhau_flow.transports.base import (
     Transport,
     TransportError,
 )
+from bacalhau_flow.transports.redact import redacted, split_credentials
+
+from .security import ENV_TLS_CA, Security, security
 
 log = logging.getLogger(__name__)
+
+
+class _QuietTlsClose(logging.Filter):
+    """asyncio warns on every TLS connection nats-py closes ("returning true from
+    eof_received() has no effect when using ssl"): noise on a terminal, nothing to act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "eof_received() has no effect when using ssl" not in record.getMessage()
+
+
+logging.getLogger("asyncio").addFilter(_QuietTlsClose())
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
 ERROR_HEADER = "Bflow-Error"
@@ -83,6 +103,25 @@ def nats_subject(subject: str, *, wildcard: bool = False) -> str:
     return subject
 
 
+def _refusal(e: BaseException) -> str | None:
+    """Why a server turned a connection down for good: "auth" (the credentials), "untrusted"
+    (its certificate), "tls" (another TLS failure, e.g. no client certificate); None otherwise."""
+    if isinstance(e, nats_errors.AuthorizationError) or any(
+            w in str(e).lower() for w in ("authorization violation", "authentication expired",
+                                          "authentication revoked", "user authentication")):
+        return "auth"
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return "untrusted"
+    if isinstance(e, ssl.SSLError):
+        return "tls"
+    return None
+
+
+def _netloc(nc: Client) -> str:
+    url = nc.connected_url
+    return (url.hostname or "?") + (f":{url.port}" if url.port else "") if url else "?"
+
+
 class _NatsSubscription(Subscription):
     def __init__(self, transport: "NatsTransport", sub: Any) -> None:
         self._transport, self._sub, self._done = transport, sub, False
@@ -114,7 +153,8 @@ class NatsTransport(Transport):
         pending_size: int = 8 * 1024 * 1024,
     ):
         super().__init__(url or DEFAULT_URL)
-        self.servers = parse_servers(self.url)
+        bare, self._url_credentials = split_credentials(self.url)
+        self.servers = parse_servers(bare)  # without credentials: what messages name
         self.client_name = name
         self.connect_timeout = connect_timeout
         self.reconnect_wait = reconnect_wait
@@ -132,7 +172,7 @@ class NatsTransport(Transport):
         self._up_since = 0.0  # monotonic time of the last (re)connection; inf while down
 
     def __repr__(self) -> str:
-        return f"NatsTransport({self.url!r})"
+        return f"NatsTransport({redacted(self.url)!r})"
 
     @property
     def is_connected(self) -> bool:
@@ -156,7 +196,21 @@ class NatsTransport(Transport):
         return self._nc
 
     async def _open(self) -> Client:
+        secure = security(self._url_credentials)  # NatsConfigError (exit 2) for a bad file
         nc = Client()
+        if secure.public_nkey is not None:
+            nc._public_nkey = secure.public_nkey  # an NKey user: nats-py sends it with the signature
+        refused: asyncio.Future = asyncio.get_running_loop().create_future()
+
+        async def on_error(e: Exception) -> None:
+            if not refused.done():  # connecting: a refusal ends it at once
+                if _refusal(e) is not None:
+                    refused.set_result(e)
+                    return
+                log.debug("connecting to NATS: %r", e)
+                return
+            await self._on_error(e)
+
         options: dict[str, Any] = dict(
             servers=self.servers,
             name=self.client_name,
@@ -167,26 +221,68 @@ class NatsTransport(Transport):
             ping_interval=self.ping_interval,
             max_outstanding_pings=3,
             pending_size=self.pending_size,
-            error_cb=self._on_error,
+            error_cb=on_error,
             disconnected_cb=self._on_disconnected,
             reconnected_cb=self._on_reconnected,
+            **secure.options,
         )
         if "reconnect_to_server_handler" in inspect.signature(nc.connect).parameters:
             options["reconnect_to_server_handler"] = self._next_server
+        connecting = asyncio.ensure_future(nc.connect(**options))
         try:
-            await asyncio.wait_for(nc.connect(**options), self.connect_timeout)
+            done, _ = await asyncio.wait({connecting, refused}, timeout=self.connect_timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if connecting in done:
+                connecting.result()
+            else:
+                connecting.cancel()
+                raise refused.result() if refused in done else asyncio.TimeoutError()
         except (asyncio.TimeoutError, OSError, nats_errors.Error) as e:
+            if not connecting.done():
+                connecting.cancel()
             try:
                 await nc.close()
             except Exception:  # noqa: BLE001 - a half-open client; the connect error is what matters
                 pass
-            raise TransportError(
-                f"cannot reach NATS at {', '.join(self.servers)} within {self.connect_timeout:g}s"
-                + (f": {e}" if str(e) else ""),
-                hint=_START_HINT,
-            ) from e
-        log.debug("connected to NATS at %s", nc.connected_url.netloc if nc.connected_url else self.url)
+            raise self._connect_error(e, nc, secure) from None
+        finally:
+            if not refused.done():
+                refused.cancel()  # from now on errors are the connection's (self._on_error)
+        if any(s.startswith("tls://") for s in self.servers) and not (nc._server_info or {}).get("tls_required"):
+            where = _netloc(nc)
+            await nc.close()
+            raise TransportError(f"nats-server at {where} does not speak TLS, though the URL says tls://",
+                                 hint="give it a `tls { cert_file, key_file }` block, or use nats://", retryable=False)
+        log.debug("connected to NATS at %s", _netloc(nc))
         return nc
+
+    def _connect_error(self, e: Exception, nc: Client, secure: Security) -> TransportError:
+        current = getattr(nc, "_current_server", None)
+        uri = getattr(current, "uri", None)
+        where = f"{uri.hostname}:{uri.port}" if uri is not None and uri.hostname else ", ".join(
+            s.split("://", 1)[-1] for s in self.servers)
+        kind = _refusal(e)
+        if kind == "auth":
+            return TransportError(
+                f"nats-server at {where} refused the credentials (Authorization Violation)",
+                hint="check the user and password or token (in the URL, or BFLOW_NATS_USER/BFLOW_NATS_PASSWORD, "
+                     "BFLOW_NATS_TOKEN) or the --creds file", retryable=False)
+        if kind == "untrusted":
+            by = f"--tls-ca {secure.ca}" if secure.ca else "the system's certificate authorities (give --tls-ca FILE)"
+            reason = getattr(e, "verify_message", None) or getattr(e, "reason", None) or str(e)
+            return TransportError(f"the certificate of {where} is not trusted by {by}: {reason}",
+                                  hint=f"--tls-ca (${ENV_TLS_CA}) names the CA that signed the server's certificate",
+                                  retryable=False)
+        if kind == "tls":
+            reason = getattr(e, "reason", None) or str(e)
+            return TransportError(
+                f"the TLS handshake with {where} failed: {reason}",
+                hint="a server that verifies clients needs --tls-cert and --tls-key signed by its CA", retryable=False)
+        return TransportError(
+            f"cannot reach NATS at {', '.join(self.servers)} within {self.connect_timeout:g}s"
+            + (f": {e}" if str(e) else ""),
+            hint=_START_HINT,
+        )
 
     def _next_server(self, servers: list, info: dict) -> tuple[Any, float]:
         """nats-py's reconnect hook: the least-tried server, after an exponential backoff with jitter."""
@@ -203,12 +299,12 @@ class NatsTransport(Transport):
     async def _on_disconnected(self) -> None:
         self._up_since = math.inf
         if not self._closed and self._nc is not None:
-            log.warning("lost the connection to NATS (%s); reconnecting", self.url)
+            log.warning("lost the connection to NATS (%s); reconnecting", redacted(self.url))
 
     async def _on_reconnected(self) -> None:
         self._up_since = time.monotonic()
         nc = self._nc
-        log.warning("reconnected to NATS at %s", nc.connected_url.netloc if nc and nc.connected_url else self.url)
+        log.warning("reconnected to NATS at %s", _netloc(nc) if nc else redacted(self.url))
 
     def up_since(self) -> float:
         return self._up_since if self.is_connected else math.inf
