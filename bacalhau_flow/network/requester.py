@@ -133,7 +133,6 @@ class Requester:
     def _drop(self, job_id: str | None, what: str) -> None:
         self.dropped[job_id or ""] += 1
         log.warning("dropped %s", what)
-        return None
 
     # -- choosing ---------------------------------------------------------------
     def candidates(self, request: ShardRequest, selector: dict[str, str], avoid: set[str]) -> list[str]:
@@ -157,7 +156,8 @@ class Requester:
             reply = await self.transport.request(p.node_subject(node, "bid"), Envelope("bid_request", body,
                                                                                       sender=self.id), p.BID_TIMEOUT)
             if reply.sender != node:  # someone else answering on the node's subject
-                return self._drop(None, f"a bid for node {node} from {reply.sender}")
+                self._drop(None, f"a bid for node {node} from {reply.sender}")
+                return None
             return p.Bid.model_validate(reply.body).model_copy(update={"node": node})
         except TransportError as e:
             log.info("no bid from %s: %s", node, e)
@@ -221,7 +221,8 @@ class Requester:
             reply = await self.transport.request(p.node_subject(node, "accept"),
                                                  Envelope("accept", body, sender=self.id), p.ACCEPT_TIMEOUT)
             if reply.sender != node:
-                return bool(self._drop(None, f"an accept answer for node {node} from {reply.sender}"))
+                self._drop(None, f"an accept answer for node {node} from {reply.sender}")
+                return False
             return bool(reply.body.get("accepted"))
         except TransportError as e:
             log.info("accept not acknowledged by %s: %s", node, e)

@@ -176,9 +176,9 @@ def _target(inputs_dir: Path, name: str, path: str) -> Path:
 
 
 def _all(steps: list[tuple[InputRef, str, Callable[[], T]]]) -> list[T]:
-    """Run the steps, up to PARALLEL_FETCHES at a time; their results in order. The first
-    failure cancels the steps not yet started and is raised (after the running ones end) as
-    a StagingError. A single step runs in this thread: most shards hold one file, and a pool
+    """Run the steps, up to PARALLEL_FETCHES at a time; their results in order. A failure
+    cancels the steps not yet started; once the running ones end, the first failure in the
+    steps' order is raised as a StagingError (the same error for the same shard every time). A single step runs in this thread: most shards hold one file, and a pool
     of threads per shard cost more than the copy."""
     if len(steps) <= 1:
         return [_guarded(ref, path, step) for ref, path, step in steps]
@@ -187,10 +187,10 @@ def _all(steps: list[tuple[InputRef, str, Callable[[], T]]]) -> list[T]:
         _, pending = wait(futures, return_when=FIRST_EXCEPTION)
         for f in pending:
             f.cancel()
-        failed = [f for f in futures if f.done() and not f.cancelled() and f.exception() is not None]
-        if failed:
+        if any(f.done() and not f.cancelled() and f.exception() is not None for f in futures):
             wait([f for f in pending if not f.cancelled()])
-            raise failed[0].exception()
+            # the first failure in the shard's own order, not whichever thread failed first
+            raise next(f.exception() for f in futures if not f.cancelled() and f.exception() is not None)
         return [f.result() for f in futures]
 
 

@@ -2,11 +2,13 @@
 
 Whoever needs blocks (a node staging an `ipfs://` input, a requester collecting a shard's
 outputs) names the CID and the providers that may hold it: base URLs of bflow gateways
-(storage/gateway.py), the requester's own and the nodes'. A path whose blocks are not here
-at all comes as one CARv1 stream (`/ipfs/CID/path?format=car&dag-scope=all`). Otherwise `pull`
-first finds what is missing (walking the blocks already present, so what an earlier shard or
-attempt brought is not fetched again), then fetches each missing subtree as one CAR, up to
-PARALLEL_PULLS at a time. Providers are tried in order: one that does not answer, lacks
+(storage/gateway.py), the requester's own and the nodes'. The blocks on the way to a path
+come first (`/ipfs/CID/path?format=car&dag-scope=block`), then `pull` finds what is missing
+under it (walking the blocks already present, so what an earlier shard or attempt brought is
+not fetched again: a new shard's directory may hold files held already) and fetches each
+missing subtree as one CARv1 stream, up to PARALLEL_PULLS at a time; when more subtrees than
+that are missing, the whole path comes as one stream instead (blocks held are not written
+again). Providers are tried in order: one that does not answer, lacks
 the CID or sends a block that does not hash to its CID is skipped for the next. Every block is
 checked before it is stored; what a provider sent correctly stays, so the next one is asked
 only for the rest. Plain `http.client` on threads: one stream runs at disk speed (bench/
@@ -23,7 +25,7 @@ from typing import Iterator, Sequence
 from urllib.parse import quote, urlsplit
 
 from ..errors import BlockNotFound, ContentError
-from . import unixfs
+from . import dag, unixfs
 from .car import read_car
 from .store import ContentStore
 
@@ -49,14 +51,16 @@ def pull(store: ContentStore, cid: str, providers: Sequence[str], path: str = ""
     names = [part for part in path.split("/") if part]
     fetched = 0
     target = _resolve_here(store, root, names)
-    if target is None:  # a directory on the way is missing: the whole path is new here, in one CAR
-        fetched += _fetch(store, f"{cid}/{'/'.join(quote(n) for n in names)}", None, providers, "all")
+    if target is None:  # a directory on the way is missing: the path's own blocks first
+        fetched += _fetch(store, f"{cid}/{'/'.join(quote(n) for n in names)}", None, providers, "block")
         target = _resolve_here(store, root, names)
         if target is None:
             raise PullError(f"ipfs://{cid}/{'/'.join(names)}: the providers sent an incomplete path",
                             hint="a provider is faulty; try again, or another provider")
     missing = missing_roots(store, target)
-    if len(missing) == 1:
+    if len(missing) > PARALLEL_PULLS:  # mostly new here: one CAR of it all beats a request per file
+        fetched += _fetch(store, unixfs.cid_to_str(target), target, providers, "all")
+    elif len(missing) == 1:
         fetched += _fetch(store, unixfs.cid_to_str(missing[0]), missing[0], providers, "all")
     elif missing:
         with ThreadPoolExecutor(min(PARALLEL_PULLS, len(missing)), thread_name_prefix="bflow-pull") as pool:
@@ -76,8 +80,6 @@ def missing_roots(store: ContentStore, cid: bytes) -> list[bytes]:
 
 def _resolve_here(store: ContentStore, root: bytes, names: list[str]) -> bytes | None:
     """The CID at `root/names...` from blocks already here; None when one on the way is missing."""
-    from . import dag
-
     if not names:
         return root
     try:

@@ -129,23 +129,19 @@ class ContentStore:
 
     def blocks_of(self, cid: str) -> Iterator[str]:
         """Every distinct block CID of a DAG, parents before children. Raw leaves are listed
-        without being read, so they need not be in the store."""
-        seen: set[bytes] = set()
-        stack = [self._parse(cid)]
-        while stack:
-            binary = stack.pop()
-            if binary in seen:
-                continue
-            seen.add(binary)
-            yield unixfs.cid_to_str(binary)
-            if unixfs.cid_codec(binary) == DAG_PB:
-                node = self._decode(binary)[0]
-                stack.extend(self._link(link, binary) for link in reversed(node.links))
+        without being read, so they need not be in the store (a missing directory or file
+        node raises ContentError)."""
+        return (unixfs.cid_to_str(binary) for binary, _ in self._walk(cid, lambda binary: True))
 
     def walk(self, cid: str) -> Iterator[tuple[bytes, bool]]:
         """(binary CID, held here) of each block of a DAG reachable through the blocks held
         here: a missing block is listed, and ends its branch. What a pull still needs, or what
         eviction may delete."""
+        return self._walk(cid, lambda binary: os.path.isfile(self._path(binary)))
+
+    def _walk(self, cid: str, held) -> Iterator[tuple[bytes, bool]]:
+        """Each distinct block of a DAG, parents before children, with `held(binary)`; the
+        links of a held dag-pb block are followed."""
         seen: set[bytes] = set()
         stack = [self._parse(cid)]
         while stack:
@@ -153,9 +149,9 @@ class ContentStore:
             if binary in seen:
                 continue
             seen.add(binary)
-            held = os.path.isfile(self._path(binary))
-            yield binary, held
-            if held and unixfs.cid_codec(binary) == DAG_PB:
+            here = held(binary)
+            yield binary, here
+            if here and unixfs.cid_codec(binary) == DAG_PB:
                 node = self._decode(binary)[0]
                 stack.extend(self._link(link, binary) for link in reversed(node.links))
 
