@@ -100,6 +100,12 @@ ENGINE_FAILURE_MEMORY_SECONDS = 5.0
 _engine_failure: tuple[int, float, ExecutorError] | None = None  # (pid, when, the error)
 
 
+def engine_url() -> str:
+    """Where this process looks for the Docker engine: `DOCKER_HOST`, or the default socket."""
+    host = (os.environ.get("DOCKER_HOST") or "").strip()
+    return "unix:///var/run/docker.sock" if host in ("", "unix://") else host
+
+
 def _unix_socket_unanswered() -> str | None:
     """Why no engine can answer on its unix socket (`DOCKER_HOST`, or the default one), found
     without the Docker SDK (~90 ms to import): there is no socket, or nothing listens on it.
@@ -146,7 +152,7 @@ def engine():
 def _connect():
     """A Docker client whose engine answered a ping. Raises ExecutorError when none answers."""
     if (why := _unix_socket_unanswered()) is not None:
-        raise ExecutorError(f"no Docker engine answers: {why}", hint=NO_ENGINE_HINT)
+        raise ExecutorError(f"cannot reach the Docker engine at {engine_url()}: {why}", hint=NO_ENGINE_HINT)
     import docker
     import requests
 
@@ -154,7 +160,7 @@ def _connect():
         client = docker.from_env(max_pool_size=POOL_SIZE)
         client.ping()
     except (docker.errors.DockerException, requests.RequestException) as e:
-        raise ExecutorError(f"no Docker engine answers: {e}", hint=NO_ENGINE_HINT) from e
+        raise ExecutorError(f"cannot reach the Docker engine at {engine_url()}: {e}", hint=NO_ENGINE_HINT) from e
     return client
 
 

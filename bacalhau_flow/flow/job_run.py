@@ -120,8 +120,10 @@ class JobRun:
         try:
             result = await running
         except NoNodeCanRun as e:
+            why = f"bflow: {e}\n" + (f"bflow: hint: {e.hint}\n" if e.hint else "")  # what `bflow logs` shows
             self._record(ShardResult(job_id=self.job.id, shard_index=index, shard_id=shard.id, attempt=attempt,
-                                     node="", state="failed", error=str(e)), final=True)
+                                     node="", state="failed", error=str(e), stdout_cid=self.content.put_bytes(b""),
+                                     stderr_cid=self.content.put_bytes(why.encode())), final=True)
             self._hopeless[index] = f"shard {index}: {e}"
             raise ShardFailed(self._hopeless[index], retry=False) from None
         except asyncio.CancelledError:

@@ -103,3 +103,4 @@ class NodeInfo(BaseModel):
     gateway: str | None = None  # the URL of the node's IPFS trustless gateway, when it serves one
     address: str | None = None  # the host other machines reach the node by (`bflow node --advertise`)
     public_key: str | None = None  # its ed25519 key (urlsafe base64): secrets are sealed to it
+    unavailable: dict[str, str] = Field(default_factory=dict)  # executor -> why this node cannot offer it

@@ -34,6 +34,7 @@ from .shard_run import run_shard_attempt
 log = logging.getLogger("bacalhau_flow.node")
 
 REMEMBERED_ATTEMPTS = 10_000
+REPROBE_SECONDS = 10.0  # how often executors it could not offer are tried again
 
 
 class ComputeNode:
@@ -64,9 +65,16 @@ class ComputeNode:
         # restart must not run a shard again. One id a line, appended as accepted.
         self.attempts_file = attempts_file
         self._accepted_before = _load_attempts(attempts_file)
-        self.executors = [e for e in available_executors() if _loadable(e)]
+        # the executors it offers, and why it cannot offer the others (no Docker engine, say)
+        self.executors, self.unavailable = offered_executors()
+        self._probed = time.monotonic()
         self._attempts: OrderedDict[str, asyncio.Task] = OrderedDict()  # attempt id -> its run
+        # attempts cancelled before their accept arrived (an accept buffered through an outage
+        # comes after the requester withdrew it): such an accept is refused
+        self._withdrawn: OrderedDict[str, None] = OrderedDict()
+        self._undelivered: dict[str, asyncio.Event] = {}  # attempt id -> set to offer its result now
         self._running: dict[str, object] = {}  # attempt id -> executor running it (for cancel)
+        self._cancelled: set[str] = set()  # attempts of `_running` cancelled (staging: nothing to kill yet)
         self._queued = 0
         self._pool = ThreadPoolExecutor(max_workers=max(4, int(capacity.cpu * 10)), thread_name_prefix=self.id)
         self._subs: list = []
@@ -106,7 +114,8 @@ class ComputeNode:
         return NodeInfo(id=self.id, version=__version__, executors=self.executors, labels=self.labels,
                         total=self.capacity.total, free=self.capacity.free,
                         running=len(self._running), queued=self._queued, gateway=self.gateway,
-                        address=self.address, public_key=getattr(self.identity, "public_key_b64", None))
+                        address=self.address, public_key=getattr(self.identity, "public_key_b64", None),
+                        unavailable=self.unavailable)
 
     async def announce(self) -> None:
         try:
@@ -126,7 +135,17 @@ class ComputeNode:
     async def _announce_forever(self) -> None:
         while True:
             await asyncio.sleep(self.announce_seconds)
+            if self.unavailable and time.monotonic() - self._probed > REPROBE_SECONDS:
+                await self._probe_again()
             await self.announce()
+
+    async def _probe_again(self) -> None:
+        """Ask again for the executors it could not offer: a Docker engine may have started."""
+        self._probed = time.monotonic()
+        loop = asyncio.get_running_loop()
+        offered, unavailable = await loop.run_in_executor(self._pool, offered_executors, list(self.unavailable))
+        self.executors = sorted(set(self.executors) | set(offered), key=available_executors().index)
+        self.unavailable = unavailable
 
     # -- handlers ---------------------------------------------------------------
     @p.handles("discover")
@@ -141,8 +160,10 @@ class ComputeNode:
         if not self.capacity.could_ever_fit(request.resources):
             return p.Bid(node=self.id, accepted=False, never=True, reason=f"asks more than node {self.id} has")
         if request.transform.executor not in self.executors:
+            why = self.unavailable.get(request.transform.executor)
             return p.Bid(node=self.id, accepted=False, never=True,
-                         reason=f"node {self.id} has no {request.transform.executor} executor")
+                         reason=f"{why} on node {self.id}" if why else
+                         f"node {self.id} has no {request.transform.executor} executor")
         if any(self.labels.get(k) != v for k, v in selector.items()):
             return p.Bid(node=self.id, accepted=False, never=True, reason=f"node {self.id} lacks labels {selector}")
         ready = self._queued == 0 and self.capacity.free.fits(request.resources)
@@ -161,6 +182,11 @@ class ComputeNode:
         if request.attempt_id in self._accepted_before:
             return Envelope("ack", {"accepted": False, "reason": "accepted before this node restarted"},
                             sender=self.id)
+        if request.attempt_id in self._withdrawn:
+            return Envelope("ack", {"accepted": False, "reason": "the requester withdrew this attempt"},
+                            sender=self.id)
+        if request.attempt_id in self._undelivered:  # asked again: its result may have gone unheard
+            self._undelivered[request.attempt_id].set()
         if request.attempt_id not in self._attempts:  # a repeated accept is harmless
             bid = self.bid(request, envelope.body.get("selector") or {}, requester)
             if not bid.accepted:
@@ -182,9 +208,16 @@ class ComputeNode:
         attempt_id = envelope.body["attempt_id"]
         executor = self._running.get(attempt_id)
         if executor is not None:
+            self._cancelled.add(attempt_id)  # it may be staging: its command must then never start
             executor.kill()
+            # a cancel in the instant between that check and the command's start: kill again
+            asyncio.get_running_loop().call_later(1.0, lambda: attempt_id in self._running and executor.kill())
         elif attempt_id in self._attempts:
             self._attempts[attempt_id].cancel()  # still queued: never starts
+        else:
+            self._withdrawn[attempt_id] = None  # its accept has not come (yet): refuse it when it does
+            while len(self._withdrawn) > REMEMBERED_ATTEMPTS:
+                self._withdrawn.popitem(last=False)
         return Envelope("cancelled", {"cancelled": attempt_id in self._attempts}, sender=self.id)
 
     @p.handles("blocks")
@@ -214,9 +247,13 @@ class ComputeNode:
             return
         outputs = [c for c in (result.outputs_cid, result.stdout_cid, result.stderr_cid) if c]
         self._pin(outputs)
+        # The lease is kept while the result is offered: a requester that did not take it at
+        # once (it was asking this node again, say) must not think the node lost.
+        beat = asyncio.ensure_future(self._heartbeat(request, requester, {"value": "delivering"}))
         try:
             await self._deliver(result, requester)
         finally:
+            beat.cancel()
             self._unpin(outputs)
         self._announce_soon()  # capacity changed: tell the requesters soon
         if self.budget is not None:
@@ -270,9 +307,11 @@ class ComputeNode:
         try:
             passed = {name: os.environ[name] for name in self.pass_env if name in os.environ}
             return run_shard_attempt(request, executor, self.store, self.work_root, self.id, gpus,
-                                     pass_env=passed, secrets=secrets, allow_paths=self.allow_paths)
+                                     pass_env=passed, secrets=secrets, allow_paths=self.allow_paths,
+                                     cancelled=lambda: request.attempt_id in self._cancelled)
         finally:
             self._running.pop(request.attempt_id, None)
+            self._cancelled.discard(request.attempt_id)
 
     async def _heartbeat(self, request: ShardRequest, requester: str, state: dict) -> None:
         subject = p.requester_subject(requester, "progress")
@@ -289,14 +328,26 @@ class ComputeNode:
         RESULT_DELIVERY_SECONDS of connection, however long the network is away meanwhile."""
         subject = p.requester_subject(requester, "result")
         deadline = time.monotonic() + p.RESULT_DELIVERY_SECONDS
-        envelope = Envelope("shard_result", result.model_dump(), sender=self.id)
-        while time.monotonic() < max(deadline, self.transport.up_since() + p.RESULT_DELIVERY_SECONDS):
-            try:
-                await self.transport.request(subject, envelope, p.RESULT_ACK_TIMEOUT)
-                return
-            except TransportError as e:
-                log.info("result of %s not yet delivered: %s", result.job_id, e)
-                await asyncio.sleep(1.0)
+        body = result.model_dump()
+        attempt_id = f"{result.job_id}/{result.shard_index}/{result.attempt}"
+        again = self._undelivered[attempt_id] = asyncio.Event()
+        try:
+            while time.monotonic() < max(deadline, self.transport.up_since() + p.RESULT_DELIVERY_SECONDS):
+                again.clear()
+                try:
+                    # a new envelope each time: a repeat of one the requester dropped would get
+                    # the same (no) answer from the replay guard (transports/signing.py)
+                    await self.transport.request(subject, Envelope("shard_result", body, sender=self.id),
+                                                 p.RESULT_ACK_TIMEOUT)
+                    return
+                except TransportError as e:
+                    log.info("result of %s not yet delivered: %s", result.job_id, e)
+                    try:  # a second; at once when the requester asks for the attempt again
+                        await asyncio.wait_for(again.wait(), 1.0)
+                    except asyncio.TimeoutError:
+                        pass
+        finally:
+            self._undelivered.pop(attempt_id, None)
         log.warning("gave up delivering the result of attempt %s/%s/%s", result.job_id, result.shard_index,
                     result.attempt)
 
@@ -321,9 +372,14 @@ def _random_id() -> str:
     return "n-" + uuid.uuid4().hex[:16]
 
 
-def _loadable(name: str) -> bool:
-    try:
-        get_executor(name)
-        return True
-    except BflowError:
-        return False
+def offered_executors(names: list[str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """Of the executors installed here (or of `names`), those this node can offer, and why it
+    cannot offer each of the others (announced, so a shard no node can run says why)."""
+    offered, unavailable = [], {}
+    for name in names if names is not None else available_executors():
+        try:
+            get_executor(name)
+            offered.append(name)
+        except BflowError as e:
+            unavailable[name] = e.message
+    return offered, unavailable

@@ -5,7 +5,7 @@
       |<------------------------------- Bid --------|
       |-- accept (ShardRequest, requester id) ----->|  reserve capacity (or queue), start
       |<------------------------------- ack --------|
-      |<-- progress (queued/running heartbeats) ----|  every HEARTBEAT_SECONDS: the lease
+      |<-- progress (queued/running/delivering) ----|  every HEARTBEAT_SECONDS: the lease
       |<-- result (ShardResult, acknowledged) ------|  retried until the requester acks
       |-- blocks (CIDs) --------------------------->|  outputs and logs, verified by CID
       |-- cancel (attempt id) --------------------->|  kill it
@@ -59,7 +59,7 @@ class Bid(BaseModel):
 class Progress(BaseModel):
     attempt_id: str
     node: str
-    state: str  # queued | running
+    state: str  # queued | running | delivering (its result offered, not yet acknowledged)
 
 
 def handles(kind: str):

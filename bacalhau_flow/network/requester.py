@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import math
 import time
 import uuid
 from collections import Counter
@@ -58,6 +59,9 @@ class Requester:
         self._failures: dict[str, int] = {}  # node id -> attempts that failed there
         self._waiting: dict[str, tuple[asyncio.Future, list[float]]] = {}  # attempt id -> (result, [lease end])
         self._accepted: dict[str, str] = {}  # attempt id -> the node given it: the only one heard about it
+        # attempt id -> nodes whose accept went unanswered and was withdrawn (a cancel sent after
+        # it): what they report is acknowledged, so they stop offering it, and never used
+        self._withdrawn: dict[str, set[str]] = {}
         self.dropped: Counter[str] = Counter()  # job id -> reports dropped for coming from another node
         self._node_seen = asyncio.Event()
         self._placing = asyncio.Lock()  # one placement at a time, so each sees the last one's load
@@ -113,7 +117,8 @@ class Requester:
         result = ShardResult.model_validate(envelope.body)
         attempt_id = f"{result.job_id}/{result.shard_index}/{result.attempt}"
         waiting = self._waiting.get(attempt_id)
-        if waiting is None:  # late or repeated: harmless, not used; acknowledged so the node stops
+        withdrawn = envelope.sender in self._withdrawn.get(attempt_id, ())
+        if waiting is None or withdrawn:  # late, repeated or withdrawn: not used; acked so the node stops
             return Envelope("ack", {"attempt_id": attempt_id}, sender=self.id)
         if not self._from_accepted(attempt_id, envelope.sender, "a result"):
             return None  # no answer: a forger learns nothing
@@ -126,6 +131,8 @@ class Requester:
         else is dropped and counted against the attempt's job (`bflow describe` shows it)."""
         if self._accepted.get(attempt_id) == sender:
             return True
+        if sender in self._withdrawn.get(attempt_id, ()):
+            return False  # a node told to drop the attempt, reporting before the cancel reached it
         self._drop(attempt_id.split("/", 1)[0], f"{what} for attempt {attempt_id} from {sender}, "
                                                 f"not from the node it was given to")
         return False
@@ -142,8 +149,10 @@ class Requester:
                 and request.transform.executor in n.executors
                 and all(n.labels.get(k) == v for k, v in selector.items())]
         if not able:
-            raise NoNodeCanRun(_why_none(request, selector, nodes),
-                               hint="lower `resources`, change `selector`, or add a node that fits")
+            why = _why_none(request, selector, nodes)
+            offered_nowhere = any(request.transform.executor in n.unavailable for n in nodes)
+            raise NoNodeCanRun(why, hint="make the executor available on a node (for docker: start its engine)"
+                               if offered_nowhere else "lower `resources`, change `selector`, or add a node that fits")
 
         def rank(n: NodeInfo):
             free = (n.free.cpu - self._in_flight.get(n.id, 0.0)) / max(n.total.cpu, 1e-9)
@@ -182,13 +191,20 @@ class Requester:
         never: dict[str, str] = {}  # node -> why it said it never could (too small, not trusted, ...)
         body = {"request": request.model_dump(), "selector": selector}  # one dump for every bidder
         while True:
+            if self.transport.up_since() == math.inf:  # what is sent now may arrive much later
+                await asyncio.sleep(NO_BID_RETRY_SECONDS)
+                continue
             try:
-                ranked = [n for n in self.candidates(request, selector, avoid) if n not in never]
+                withdrawn = self._withdrawn.get(request.attempt_id, set())
+                ranked = [n for n in self.candidates(request, selector, avoid)
+                          if n not in never and n not in withdrawn]
             except NoNodeCanRun:
                 if not self.cut_off():
                     raise
                 await asyncio.sleep(NO_BID_RETRY_SECONDS)  # the nodes are out of earshot, not gone
                 continue
+            if not ranked and withdrawn:
+                raise _Unacknowledged(f"no node acknowledged the shard (withdrawn from {', '.join(sorted(withdrawn))})")
             if not ranked:
                 raise NoNodeCanRun("; ".join(sorted(set(never.values()))))
             asked = ranked[:BIDDERS]
@@ -197,7 +213,7 @@ class Requester:
             order = {n: i for i, n in enumerate(asked)}
             for bid in sorted((b for b in bids if b.accepted), key=lambda b: (not b.ready, b.queued, order[b.node])):
                 self._accepted[request.attempt_id] = bid.node  # before the accept: a fast result may beat its ack
-                if await self._accept(bid.node, self._with_secrets(body, bid.node, secrets)):
+                if await self._accept(bid.node, self._with_secrets(body, bid.node, secrets), request):
                     return bid.node
                 self._accepted.pop(request.attempt_id, None)
             if any(not b.never for b in bids) or not bids:
@@ -216,17 +232,30 @@ class Requester:
         raise NoNodeCanRun(f"node {node} announces no key to seal the shard's secrets to",
                            hint="upgrade bflow on that node")
 
-    async def _accept(self, node: str, body: dict) -> bool:
-        try:
-            reply = await self.transport.request(p.node_subject(node, "accept"),
-                                                 Envelope("accept", body, sender=self.id), p.ACCEPT_TIMEOUT)
-            if reply.sender != node:
-                self._drop(None, f"an accept answer for node {node} from {reply.sender}")
+    async def _accept(self, node: str, body: dict, request: ShardRequest) -> bool:
+        """Whether `node` took the attempt. An accept left unanswered may still reach the node
+        (its answer lost, or the accept buffered through an outage and delivered later). While
+        the network is away it is asked again (a node answers a repeated accept as it did the
+        first); a node that does not answer on a network that is up has the accept withdrawn
+        by a cancel sent after it, so that one attempt never runs on two nodes."""
+        envelope = Envelope("accept", body, sender=self.id)
+        while True:
+            try:
+                reply = await self.transport.request(p.node_subject(node, "accept"), envelope, p.ACCEPT_TIMEOUT)
+                break
+            except TransportError as e:
+                if self.cut_off():
+                    log.info("accept not acknowledged by %s while the network is away; asking again", node)
+                    await asyncio.sleep(NO_BID_RETRY_SECONDS)
+                    continue
+                log.info("accept not acknowledged by %s: %s; withdrawing it", node, e)
+                self._withdrawn.setdefault(request.attempt_id, set()).add(node)
+                asyncio.ensure_future(self.cancel(node, request))
                 return False
-            return bool(reply.body.get("accepted"))
-        except TransportError as e:
-            log.info("accept not acknowledged by %s: %s", node, e)
+        if reply.sender != node:
+            self._drop(None, f"an accept answer for node {node} from {reply.sender}")
             return False
+        return bool(reply.body.get("accepted"))
 
     # -- running ----------------------------------------------------------------
     async def run(self, request: ShardRequest, selector: dict[str, str] | None = None,
@@ -243,7 +272,10 @@ class Requester:
         self._waiting[request.attempt_id] = (result_future, lease)
         node = None
         try:
-            node = await self.place(request, selector or {}, avoid or set(), secrets)
+            try:
+                node = await self.place(request, selector or {}, avoid or set(), secrets)
+            except _Unacknowledged as e:  # the next attempt (a new attempt id) may go to those nodes
+                return self._not_sent(request, e)
             if on_node:
                 on_node(node)
             lease[0] = time.monotonic() + self.lease_seconds
@@ -255,6 +287,7 @@ class Requester:
         finally:
             self._waiting.pop(request.attempt_id, None)
             self._accepted.pop(request.attempt_id, None)
+            self._withdrawn.pop(request.attempt_id, None)
             if node:
                 self._in_flight[node] -= request.resources.cpu
         if result.state != "completed":
@@ -340,6 +373,12 @@ class Requester:
             pass
 
 
+class _Unacknowledged(BflowError):
+    """Every node that could run the attempt had its accept withdrawn: a retryable failure."""
+
+    retryable = True
+
+
 def _why_none(request: ShardRequest, selector: dict[str, str], nodes: list[NodeInfo]) -> str:
     if not nodes:
         return "no compute node is reachable"
@@ -349,6 +388,12 @@ def _why_none(request: ShardRequest, selector: dict[str, str], nodes: list[NodeI
         return (f"shard {request.shard_index} asks for cpu={ask.cpu:g} memory={ask.memory} disk={ask.disk} "
                 f"gpu={ask.gpu}, more than any node has (largest: cpu={biggest.total.cpu:g} "
                 f"memory={biggest.total.memory} disk={biggest.total.disk} gpu={biggest.total.gpu})")
-    if not any(request.transform.executor in n.executors for n in nodes):
-        return f"no node has the {request.transform.executor} executor"
+    executor = request.transform.executor
+    if not any(executor in n.executors for n in nodes):
+        reasons = sorted({n.unavailable[executor] for n in nodes if executor in n.unavailable})
+        if len(reasons) == 1:
+            return f"{reasons[0]} on any node"
+        if reasons:
+            return f"no node can offer the {executor} executor: " + "; ".join(reasons)
+        return f"no node has the {executor} executor"
     return f"no node carries the labels {selector}"

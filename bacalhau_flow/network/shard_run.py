@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import BflowError
@@ -27,11 +28,13 @@ log = logging.getLogger("bacalhau_flow.node")
 
 def run_shard_attempt(request: ShardRequest, executor: Executor, store: ContentStore, work_root: Path,
                       node_id: str, gpus: list[int] | None = None, *, pass_env: dict[str, str] | None = None,
-                      secrets: dict[str, str] | None = None, allow_paths: list[Path] | None = None) -> ShardResult:
+                      secrets: dict[str, str] | None = None, allow_paths: list[Path] | None = None,
+                      cancelled: Callable[[], bool] = lambda: False) -> ShardResult:
     """Run one attempt with the GPUs reserved for it (`gpus`, device indices). Never raises: every way an attempt can end becomes a ShardResult with stdout and
     stderr CIDs, so the requester always gets the logs back. `pass_env`: variables of the node
     given to the command; `secrets`: the shard's own, opened; `allow_paths`: the folders local
-    inputs may be read from (None: any)."""
+    inputs may be read from (None: any); `cancelled`: whether the attempt was cancelled before
+    its command started (a kill then finds nothing to kill), checked just before it starts."""
     started = time.time()
     work = work_root / request.job_id / f"{request.shard_index}-{request.attempt}"
     inputs, outputs = work / "inputs", work / "outputs"
@@ -58,6 +61,8 @@ def run_shard_attempt(request: ShardRequest, executor: Executor, store: ContentS
             allowed = limit - staged  # for all the command writes: outputs, stdout, stderr, scratch
             execution = _execution(request, inputs, outputs, stdout, stderr, gpus or [],
                                    {**(pass_env or {}), **request.transform.env, **(secrets or {})}, allowed)
+            if cancelled():
+                return result("failed", error="cancelled before it started")
             with OutputWatch(work, allowed, executor.kill) as watch:
                 outcome = executor.run(execution)
         except BflowError as e:

@@ -244,17 +244,17 @@ def test_kill_returns_at_once_and_no_container_is_left(executor, image, tmp_path
 # -- a node without an engine -------------------------------------------------------------
 def test_a_node_without_an_engine_does_not_offer_docker(tmp_path):
     script = (
-        "from bacalhau_flow.network.node import _loadable\n"
+        "from bacalhau_flow.network.node import offered_executors\n"
         "from bacalhau_flow.executors import get_executor\n"
         "from bacalhau_flow.errors import ExecutorError\n"
-        "assert _loadable('local') and not _loadable('docker')\n"
+        "assert offered_executors(['local', 'docker'])[0] == ['local']\n"
         "try:\n    get_executor('docker')\nexcept ExecutorError as e:\n    print(e.message, '|', e.hint)\n"
     )
     env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"}
     r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60,
                        check=False)
     assert r.returncode == 0, r.stderr
-    assert "no Docker engine answers" in r.stdout and "dockerd" in r.stdout
+    assert "cannot reach the Docker engine at unix://" in r.stdout and "dockerd" in r.stdout
 
 
 def test_a_socket_nothing_listens_on_is_no_engine_and_needs_no_docker_sdk(tmp_path):
@@ -265,8 +265,8 @@ def test_a_socket_nothing_listens_on_is_no_engine_and_needs_no_docker_sdk(tmp_pa
         bound.bind(str(path))
         script = (
             "import sys\n"
-            "from bacalhau_flow.network.node import _loadable\n"
-            "assert _loadable('local') and not _loadable('docker') and not _loadable('docker')\n"
+            "from bacalhau_flow.network.node import offered_executors\n"
+            "assert offered_executors(['local', 'docker'])[0] == ['local'] and 'docker' in offered_executors(['docker'])[1]\n"
             "from bacalhau_flow.executors.docker import engine\n"
             "try:\n    engine()\nexcept Exception as e:\n    print(e.message)\n"
             "print('docker' in sys.modules)\n"
@@ -276,5 +276,5 @@ def test_a_socket_nothing_listens_on_is_no_engine_and_needs_no_docker_sdk(tmp_pa
                            check=False)
     assert r.returncode == 0, r.stderr
     message, imported = r.stdout.strip().splitlines()
-    assert message == f"no Docker engine answers: nothing listens on {path}"
+    assert message == f"cannot reach the Docker engine at unix://{path}: nothing listens on {path}"
     assert imported == "False"

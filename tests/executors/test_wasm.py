@@ -47,8 +47,8 @@ def test_a_node_offers_wasm_without_importing_wasmtime_until_a_module_runs():
     import subprocess
     import sys
 
-    script = ("import sys\nfrom bacalhau_flow.network.node import _loadable\n"
-              "assert _loadable('wasm')\nprint('wasmtime' in sys.modules)\n")
+    script = ("import sys\nfrom bacalhau_flow.network.node import offered_executors\n"
+              "assert offered_executors(['wasm'])[0] == ['wasm']\nprint('wasmtime' in sys.modules)\n")
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "False"

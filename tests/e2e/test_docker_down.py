@@ -1,0 +1,36 @@
+"""A Docker engine that does not answer: the nodes say why they cannot offer docker, and a
+docker shard fails naming the engine, in `bflow run`'s summary and in `bflow logs`."""
+
+import json
+
+from cli_helpers import bflow, bflow_process, write_spec
+
+from bacalhau_flow.network.node import offered_executors
+
+
+def test_a_node_announces_why_it_cannot_offer_docker(tmp_path, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    monkeypatch.setattr("bacalhau_flow.executors.docker._engine", None)  # no client made earlier
+    monkeypatch.setattr("bacalhau_flow.executors.docker._engine_failure", None)
+    offered, unavailable = offered_executors(["local", "docker"])
+    assert offered == ["local"]
+    assert unavailable == {"docker": f"cannot reach the Docker engine at unix://{tmp_path}/no-engine.sock: "
+                                     f"there is no socket at {tmp_path}/no-engine.sock"}
+
+
+def test_a_docker_shard_with_no_engine_anywhere_fails_naming_the_engine(tmp_path, monkeypatch):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a").write_text("a\n")
+    spec = write_spec(tmp_path, "pipeline: engine-down\ninput: {url: d, glob: '/*'}\n"
+                                "transform: {executor: docker, image: busybox, cmd: [cat, /inputs/d/a]}\n")
+    socket = f"unix://{tmp_path}/no-engine.sock"
+    monkeypatch.setenv("DOCKER_HOST", socket)  # the embedded nodes of a new process: no engine there
+    proc = bflow_process("run", spec, "--json")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err.decode()
+    job = json.loads(out)
+    why = f"cannot reach the Docker engine at {socket}"
+    assert job["state"] == "failed" and why in job["error"] and "on any node" in job["error"]
+    assert b"Traceback" not in err
+    logs = bflow("logs", job["id"])
+    assert why in logs.stderr and "hint:" in logs.stderr
