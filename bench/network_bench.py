@@ -4,7 +4,7 @@ runs a 1000-shard job on.
 
     python bench/network_bench.py overhead [N]       (default 1000 trivial shards)
     python bench/network_bench.py latency
-    python bench/network_bench.py scale [NODES ...]  (default 100 500 1000 2000)
+    python bench/network_bench.py scale [NODES ...]  (default 1000 10000, beside 3)
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from overhead_bench import prefect, settle  # noqa: E402
 
 from bacalhau_flow.flow.runner import run_pipeline  # noqa: E402
 from bacalhau_flow.network.devstack import Devstack  # noqa: E402
-from bacalhau_flow.network.messages import Capacity  # noqa: E402
 from bacalhau_flow.spec import load_spec_text  # noqa: E402
 
 ROOT = Path(tempfile.mkdtemp(prefix="bflow-bench-data-"))
@@ -40,7 +39,7 @@ def trivial_pipeline(n: int):
         for i in range(n):
             (data / f"d{i:05}").write_text("x")
     (pipeline,) = load_spec_text(f"pipeline: net{n}\ninput: {{url: {data}, glob: '/*'}}\n"
-                                 "transform: {cmd: ['true']}\nresources: {cpu: 0.1, memory: 16Mi, disk: 1Mi}\n")
+                                 "transform: {cmd: ['true']}\nresources: {cpu: 0.01, memory: 1Mi, disk: 1Mi}\n")
     return pipeline
 
 
@@ -133,27 +132,92 @@ def latency() -> None:
     print(f"job submission -> first shard running (embedded, warm Prefect server): {first:.3f} s; whole 1-shard job {total:.2f} s")
 
 
-def rss_bytes() -> int:
-    """This process's resident memory now (not its peak)."""
-    pages = int(Path("/proc/self/statm").read_text().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE")
+def rss_of(pid: int) -> int:
+    """The resident memory of process `pid` now, in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
-def scale(sizes: list[int], shards: int = 1000) -> None:
-    """The largest in-process devstack (memory transport) that joins and completes a 1000-shard job."""
+def idle_messages(url: str, seconds: float) -> int:
+    """Messages on the announcement subject in `seconds`, as any listener receives them."""
+    import asyncio
+
+    from bacalhau_flow.network import protocol as p
+    from bacalhau_flow.network.identity import Identity
+    from bacalhau_flow.transports import transport_for
+    from bacalhau_flow.transports.signing import SignedTransport
+
+    async def count() -> int:
+        transport = SignedTransport(transport_for(url), Identity.generate())
+        await transport.connect()
+        seen = [0]
+
+        async def one(envelope):
+            seen[0] += 1
+
+        await transport.subscribe(p.ANNOUNCE, one)
+        await asyncio.sleep(seconds)
+        await transport.close()
+        return seen[0]
+
+    return asyncio.run(count())
+
+
+def listed(url: str) -> tuple[int, float]:
+    """How many nodes `bflow nodes` finds, and the seconds it took."""
+    import asyncio
+
+    from bacalhau_flow.cli.network import discover
+
+    started = time.perf_counter()
+    found = asyncio.run(discover(url, wait=120))
+    return len(found), time.perf_counter() - started
+
+
+def job_on(url: str, shards: int) -> tuple[float, float]:
+    """Wall seconds of a job of `shards` trivial shards, and the requester's CPU seconds (this
+    process: the requester and its Prefect client; the nodes run in other processes)."""
+    cpu = time.process_time()
+    seconds, _ = timed_run(shards, url, reprocess=True)  # the same shards each time: none reused
+    return seconds, time.process_time() - cpu
+
+
+def scale(sizes: list[int], shards: int = 1000, per_process: int = 1250) -> None:
+    """Devstacks of thousands of nodes over several processes on one nats-server, beside 3
+    nodes: joining, `bflow nodes`, a job of `shards` shards (time and requester CPU), idle
+    traffic per node and memory per node."""
+    from bacalhau_flow_nats.server import NatsServer
+
+    from bacalhau_flow.network.devstack_processes import DevstackProcesses
+
     timed_run(2)
-    for nodes in sizes:
+    rows = []
+    for nodes in [3, *sizes]:
         settle()
-        rss_before = rss_bytes()
-        url = f"memory://scale-{uuid.uuid4().hex[:6]}"
-        joined = time.perf_counter()
-        capacity = Capacity(cpu=1, memory=2**30, disk=2**30)
-        with Devstack(url, nodes, root=ROOT / f"scale-{nodes}", capacity=capacity, announce_seconds=5.0):
-            joined = time.perf_counter() - joined
-            per_node_kib = max(0, rss_bytes() - rss_before) / nodes / 1024
-            seconds, _ = timed_run(shards, url)
-        print(f"  {nodes:>5} nodes: joined in {joined:5.2f} s, ~{per_node_kib:.0f} KiB per node, "
-              f"{shards} shards in {seconds:6.2f} s", flush=True)
+        server = NatsServer().start()
+        processes = max(1, -(-nodes // per_process))
+        try:
+            joined = time.perf_counter()
+            with DevstackProcesses(server.url, nodes, processes, ROOT / f"scale-{nodes}") as stack:
+                joined = time.perf_counter() - joined
+                count, list_s = listed(server.url)
+                seconds, cpu = job_on(server.url, shards)
+                idle = idle_messages(server.url, 30.0) / nodes / 30.0
+                rss = sum(rss_of(p.pid) for p in stack.procs)
+            with DevstackProcesses(server.url, processes, processes, ROOT / f"empty-{nodes}") as empty:
+                base = sum(rss_of(p.pid) for p in empty.procs)  # the same processes, one node each
+        finally:
+            server.stop()
+        rows.append((nodes, processes, joined, count, list_s, seconds, cpu, idle, (rss - base) / nodes / 1024))
+    three = rows[0]
+    print(f"{shards} trivial shards on NATS devstacks over several processes; ratios against 3 nodes")
+    for nodes, processes, joined, count, list_s, seconds, cpu, idle, kib in rows:
+        print(f"  {nodes:>6} nodes in {processes:>2} processes: joined {joined:6.1f} s, listed {count:>6} in "
+              f"{list_s:5.1f} s, job {seconds:6.1f} s (x{seconds / three[5]:.2f}), requester CPU {cpu:6.1f} s "
+              f"(x{cpu / three[6]:.2f}), idle {idle:.3f} msg/node/s, "
+              + (f"{kib:5.1f} KiB/node" if nodes >= 100 else "-"), flush=True)
 
 
 if __name__ == "__main__":
@@ -164,6 +228,6 @@ if __name__ == "__main__":
     elif what == "latency":
         latency()
     elif what == "scale":
-        scale(args or [100, 500, 1000, 2000])
+        scale(args or [1000, 10000])
     else:
         sys.exit(__doc__)

@@ -114,6 +114,8 @@ def plan(spec: Path, as_json: bool = typer.Option(False, "--json", help="machine
     else:
         for p in plans:
             render.out.print(render.plan_table(p))
+            if getattr(p, "batch", None) is not None:  # batch_size: auto (plan/batching.py)
+                render.out.print(p.batch.describe())
 
 
 # -- running ---------------------------------------------------------------------
@@ -141,19 +143,25 @@ def run(
     if detach:
         return _detach(spec, pipelines, network, output, reprocess)
     from ..flow.dag import build_dag, not_run_reason, plan_dag
-
-    dag = build_dag(pipelines)
-    plans = plan_dag(dag)  # every input not read from a pipeline of this file is listed before anything runs
-    for p in plans:
-        for w in p.warnings:
-            render.warn(w)
-    ids = dict(zip((p.name for p in pipelines), job_ids.split(","))) if job_ids else {}
     from ..flow.runner import run_dag
     from ..jobs.results import stream, write_results
+    from ..jobs.store import new_job_id
+    from .progress import RunDisplay, prepare_prefect
 
-    with render.ShardProgress(enabled=True) as progress:
+    dag = build_dag(pipelines)
+    ids = dict(zip((p.name for p in pipelines), job_ids.split(","))) if job_ids else {}
+    ids = {p.name: ids.get(p.name) or new_job_id() for p in pipelines}  # the display follows each job
+    with RunDisplay({p.name: dag.after(p) for p in pipelines}, job_ids=ids) as display:
+        display.waiting("planning")
+        plans = plan_dag(dag)  # every input not read from a pipeline of this file is listed before anything runs
+        for p in plans:
+            for w in p.warnings:
+                render.warn(w)
+        display.planned(plans)
+        prepare_prefect(display)
         records = run_dag(dag, plans={p.pipeline: p for p in plans if not p.after}, job_ids=ids,
-                          progress_for=progress.job, warn=render.warn, network=network, reprocess=reprocess)
+                          progress_for=display.job, warn=render.warn, network=network, reprocess=reprocess)
+        display.finish(records)
     content = _content()
     for record in records:
         if (reason := not_run_reason(record)) is not None:
@@ -162,34 +170,13 @@ def run(
             continue
         if output is not None:
             write_results(content, record, output if len(records) == 1 else output / record.pipeline)
-        if not as_json:
-            for chunk in stream(content, record.shards, "stdout"):
-                sys.stdout.buffer.write(chunk)
-            sys.stdout.flush()
-        _summarise(record)
+        if not as_json:  # a file of several pipelines labels each line with its pipeline
+            render.write_stdout(stream(content, record.shards, "stdout"), record.pipeline if len(records) > 1 else None)
+        render.summarise(record)
     if as_json:
         _print_json(records[0].to_json() if len(records) == 1 else {"jobs": [r.to_json() for r in records]})
     if any(r.state != "completed" for r in records):
         raise typer.Exit(1)
-
-
-def _summarise(record) -> None:
-    done = sum(s.state == "completed" for s in record.shards)
-    reused = sum(s.state == "skipped" for s in record.shards)
-    line = (f"job {record.id} ({record.pipeline}): {render.styled(record.state)}, "
-            f"{done + reused}/{render.plural(len(record.shards), 'shard')} completed")
-    if reused:
-        line += f" ({reused} reused from earlier jobs)"
-    render.err.print(line, highlight=False, soft_wrap=True)
-    if reused and reused == len(record.shards):
-        render.err.print(f"  nothing changed: {reused} of {reused} shards reused (`--reprocess` runs them again)",
-                         highlight=False, markup=False, soft_wrap=True)
-    if record.published:
-        render.err.print(f"  published to {record.published}", highlight=False, markup=False, soft_wrap=True)
-    if record.error:
-        render.err.print(f"  {record.error}", highlight=False, markup=False)
-        render.err.print(f"  logs: bflow logs {record.id[:10]} --shard N   ·   bflow describe {record.id[:10]}",
-                         highlight=False, markup=False)
 
 
 def _advertise(host: str | None) -> None:
@@ -222,9 +209,16 @@ def _detach(spec: Path, pipelines, network, output, reprocess: bool = False) -> 
 
 # -- jobs ------------------------------------------------------------------------
 @command("list")
-def list_jobs(as_json: bool = typer.Option(False, "--json"), limit: int = typer.Option(50, help="newest N jobs")):
-    """The jobs, newest first."""
-    jobs = _store().list_jobs(limit)
+def list_jobs(as_json: bool = typer.Option(False, "--json"), limit: int = typer.Option(50, help="newest N jobs"),
+              pipeline: Optional[str] = typer.Option(None, "--pipeline", "-p", help="only the jobs of this pipeline"),
+              state: Optional[str] = typer.Option(None, "--state", "-s", help="only the jobs in this state")):
+    """The jobs, newest first, with their shards completed out of all."""
+    from ..jobs.store import JOB_STATES
+
+    if state is not None and state not in JOB_STATES:
+        render.error(BflowError(f"--state {state}: not a job state", hint=f"one of {', '.join(JOB_STATES)}"))
+        raise typer.Exit(2)
+    jobs = _store().list_jobs(limit, pipeline=pipeline, state=state)
     if as_json:
         _print_json([j.summary_json() for j in jobs])
     else:
@@ -245,36 +239,33 @@ def describe(job: str, as_json: bool = typer.Option(False, "--json")):
         render.out.print(f"published {record.published}", highlight=False, markup=False)
     if record.error:
         render.out.print(f"error: {record.error}", highlight=False, markup=False)
+    if record.state == "interrupted":
+        render.out.print(f"interrupted: the process that ran it ({record.owner.describe()}) is gone; "
+                         f"`bflow resume {record.id[:10]}` continues it", highlight=False, markup=False)
     if record.dropped:
-        render.out.print(f"dropped {record.dropped} report(s) (progress, results, blocks) from nodes the shards "
-                         "were not given to: someone on the network is sending them", highlight=False, markup=False)
+        render.out.print(f"dropped {render.plural(record.dropped, 'report')} (progress, results, blocks) from nodes "
+                         "the shards were not given to: someone on the network is sending them", highlight=False,
+                         markup=False)
     render.out.print(render.shards_table(record.shards))
 
 
 @command()
 def logs(job: str, shard: Optional[int] = typer.Option(None, help="one shard's logs"),
-         attempt: Optional[int] = typer.Option(None, help="an earlier attempt of --shard")):
+         attempt: Optional[int] = typer.Option(None, help="an earlier attempt of --shard"),
+         follow: bool = typer.Option(False, "--follow", "-f", help="a running job: print each shard's logs as it "
+                                                                  "ends, until the job ends (Ctrl-C stops)")):
     """stdout (to stdout) and stderr (to stderr) of a job, or of one shard."""
-    from ..jobs.results import stream
+    from . import logs as job_logs
 
     store, content = _store(), _content()
-    record = store.get(job)
-    shards = record.shards
-    if shard is not None:
-        shards = [s for s in record.shards if s.index == shard]
-        if not shards:
-            raise BflowError(f"job {record.id} has no shard {shard}", hint=f"it has shards 0..{len(record.shards) - 1}")
-        if attempt is not None:
-            rows = [a for a in store.attempts(record.id, shard) if a["attempt"] == attempt]
-            if not rows:
-                raise BflowError(f"shard {shard} has no attempt {attempt}")
-            shards[0].stdout_cid, shards[0].stderr_cid = rows[0]["stdout_cid"], rows[0]["stderr_cid"]
-    for chunk in stream(content, shards, "stdout"):
-        sys.stdout.buffer.write(chunk)
-    sys.stdout.flush()
-    for chunk in stream(content, shards, "stderr"):
-        sys.stderr.buffer.write(chunk)
-    sys.stderr.flush()
+    try:
+        record = job_logs.job_to_follow(store, job) if follow else store.get(job)
+        shards = job_logs.chosen_shards(store, record, shard, attempt)
+        if not follow or attempt is not None:
+            return job_logs.print_logs(content, shards)
+        job_logs.follow(store, content, record.id, shard, say=_say)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None  # quietly: the job goes on
 
 
 @command()
@@ -294,7 +285,9 @@ def rerun(
 
     _advertise(advertise)
     network = nats_options.secure(network, tls_ca, tls_cert, tls_key, creds)
-    with render.ShardProgress(enabled=True) as progress:
+    from .progress import RunDisplay
+
+    with RunDisplay() as progress:
         with progress.job("rerun", len(shard) if shard else None) as on_progress:
             record, ran = rerun_job(job, shard, network=network, on_progress=on_progress)
     if not ran:
@@ -302,7 +295,38 @@ def rerun(
                          highlight=False, markup=False, soft_wrap=True)
     if as_json:
         _print_json(record.to_json())
-    _summarise(record)
+    render.summarise(record)
+    if record.state != "completed":
+        raise typer.Exit(1)
+
+
+@command()
+def resume(
+    job: str,
+    network: Optional[str] = typer.Option(None, help="network URL; default: the one the job ran on"),
+    as_json: bool = typer.Option(False, "--json", help="print the job as JSON when it ends"),
+    advertise: Optional[str] = typer.Option(None, help=network_cli.ADVERTISE_HELP),
+    tls_ca: Optional[Path] = nats_options.TLS_CA_OPTION,
+    tls_cert: Optional[Path] = nats_options.TLS_CERT_OPTION,
+    tls_key: Optional[Path] = nats_options.TLS_KEY_OPTION,
+    creds: Optional[Path] = nats_options.CREDS_OPTION,
+):
+    """Continue an interrupted job (its `bflow run` died): completed shards are kept, results
+    its nodes still offer are taken, the rest run."""
+    from ..flow.resume import resume_job
+
+    _advertise(advertise)
+    network = nats_options.secure(network, tls_ca, tls_cert, tls_key, creds)
+    from .progress import RunDisplay
+
+    with RunDisplay() as progress:
+        with progress.job("resume", None) as on_progress:
+            record, counts = resume_job(job, network=network, on_progress=on_progress)
+    render.err.print(f"resumed job {record.id}: {counts['kept']} kept, {counts['followed']} taken over from their "
+                     f"nodes, {counts['dispatched']} dispatched", highlight=False, markup=False, soft_wrap=True)
+    if as_json:
+        _print_json(record.to_json())
+    render.summarise(record)
     if record.state != "completed":
         raise typer.Exit(1)
 
@@ -319,7 +343,8 @@ def get(job: str, output: Path = typer.Option(..., "--output", "-o", help="folde
 
 @command()
 def add(path: Path = typer.Argument(..., help="a file or folder"),
-        wrap: bool = typer.Option(False, "--wrap", "-w", help="wrap a file in a folder, so it keeps its name")):
+        wrap: bool = typer.Option(False, "--wrap", "-w", help="wrap a file in a folder, so it keeps its name"),
+        as_json: bool = typer.Option(False, "--json", help='print {"cid", "path"}')):
     """Put a file or folder into this machine's content store; print its CID (as `ipfs add -r
     --cid-version 1` computes it). Use it as an input with `url: ipfs://CID`."""
     from ..storage import unixfs
@@ -335,9 +360,9 @@ def add(path: Path = typer.Argument(..., help="a file or folder"),
     else:
         cid, skipped = content.put_tree_report(path)
         if skipped:
-            render.warn(f"skipped {len(skipped)} symlink(s) or special file(s): {', '.join(skipped[:5])}"
-                        + (" ..." if len(skipped) > 5 else ""))
-    print(cid)
+            what = "symlink or special file" if len(skipped) == 1 else "symlinks or special files"
+            render.warn(f"skipped {len(skipped)} {what}: {', '.join(skipped[:5])}" + (" ..." if len(skipped) > 5 else ""))
+    print(json.dumps({"cid": cid, "path": str(path)}) if as_json else cid)
     note = "" if path.is_dir() or wrap else " (a single file is mounted under its CID; --wrap keeps its name)"
     render.err.print(f"added {path}; use it as an input with `url: ipfs://{cid}`{note}", highlight=False, markup=False)
 
@@ -347,19 +372,19 @@ def cancel(job: str, wait: float = typer.Option(30.0, help="seconds to wait for 
     """Stop a running job: in-flight shards are killed, the job is marked cancelled."""
     store = _store()
     record = store.get(job, with_shards=False)
-    if record.state not in ("queued", "running"):
+    if record.state not in ("queued", "running", "interrupted"):
         render.err.print(f"job {record.id} already ended: {record.state}", highlight=False)
         return
-    from ..jobs.store import process_alive
+    from ..jobs.owner import owner_alive_here
 
-    if record.pid and process_alive(record.pid):
+    if record.state != "interrupted" and owner_alive_here(record.owner):
         os.kill(record.pid, signal.SIGINT)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if store.get(record.id, with_shards=False).state not in ("queued", "running"):
                 break
             time.sleep(0.2)
-    if store.get(record.id, with_shards=False).state in ("queued", "running"):
+    if store.get(record.id, with_shards=False).state in ("queued", "running", "interrupted"):
         store.cancel_unfinished_shards(record.id)
         store.set_job(record.id, state="cancelled", error="cancelled by the user")
     render.err.print(f"job {record.id} cancelled", highlight=False)
@@ -436,4 +461,7 @@ server_cli.register(app, command)
 
 
 def main() -> None:
+    from ..flow import interrupt  # imports nothing heavy
+
+    interrupt.leave_hard()  # a stuck Ctrl-C, or a second one, ends this command at once (exit 130)
     app()

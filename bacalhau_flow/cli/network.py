@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -16,6 +18,9 @@ import typer
 from ..errors import BflowError
 from . import nats_options, render
 
+DISCOVER_SPREAD_S = 0.5  # `bflow nodes`: the nodes answer within this
+QUIET_S = 1.0  # ... and it stops listening once no new answer came for this long
+SHARED_FROM = 100  # nodes in one process from which they share one connection and one gateway
 ADVERTISE_HELP = ("host other machines reach this one's IPFS gateway by (default: the local address "
                   "of the connection to the network)")
 
@@ -60,6 +65,8 @@ def capacity_from(cpu, memory, disk, gpu):
 
 
 def devstack(nodes: int = typer.Option(3, "--nodes", "-n", min=1, help="compute nodes to start"),
+             processes: int = typer.Option(1, "--processes", "-p", min=1,
+                                           help="spread the nodes over this many processes (thousands of nodes)"),
              transport: str = typer.Option("nats", help="nats (joinable by other processes) or memory"),
              port: int = typer.Option(0, help="nats-server port (0: any free port)"),
              host: str = typer.Option("127.0.0.1", help="address the nats-server listens on (this "
@@ -79,9 +86,6 @@ def devstack(nodes: int = typer.Option(3, "--nodes", "-n", min=1, help="compute 
     """A local network of N compute nodes; prints the URL for `bflow run --network`. Its
     nats-server also takes leaf connections: another devstack started with `--join` that URL
     becomes one network with this one (jobs from either side run on nodes of both)."""
-    from ..home import bflow_home
-    from ..network.devstack import Devstack
-
     if transport == "memory":
         raise BflowError("a memory devstack is reachable only from inside its own process",
                          hint="use --transport nats for a devstack other commands can join; "
@@ -105,18 +109,39 @@ def devstack(nodes: int = typer.Option(3, "--nodes", "-n", min=1, help="compute 
     try:
         if remotes:
             _wait_joined(server, join)
-        with Devstack(server.url, nodes, root=bflow_home() / "devstack", labels=[labels],
-                      advertise=advertise, keep=False, trust=trusted) as stack:
+        with _nodes(server.url, nodes, processes, labels, trusted, advertise) as gateways:
             print(server.url, flush=True)
-            render.err.print(f"{nodes} nodes on {server.url}; run pipelines with "
-                             f"`bflow run SPEC --network {server.url}`; Ctrl-C stops", highlight=False)
-            render.err.print(f"IPFS gateways: {' '.join(stack.gateways)}", highlight=False)
+            render.err.print(f"{render.plural(nodes, 'node')} on {server.url}"
+                             + (f" in {processes} processes" if processes > 1 else "")
+                             + f"; run pipelines with `bflow run SPEC --network {server.url}`; Ctrl-C stops",
+                             highlight=False)
+            if gateways:
+                render.err.print(f"IPFS gateways: {' '.join(gateways)}", highlight=False)
             if server.leaf_port is not None:
                 render.err.print(f"other networks join this one with `bflow devstack --join {server.leaf_url}`"
                                  + (f"; joined {join}" if remotes else ""), highlight=False)
             _wait_for_signal()
     finally:
         server.stop()
+
+
+@contextlib.contextmanager
+def _nodes(url: str, nodes: int, processes: int, labels: dict[str, str], trusted, advertise: str | None):
+    """The devstack's nodes, in this process or spread over `processes`; yields their gateways
+    (only for nodes in this process: each worker process serves its nodes from one gateway)."""
+    from ..home import bflow_home
+    from ..network.devstack import Devstack
+    from ..network.devstack_processes import DevstackProcesses
+
+    root = bflow_home() / "devstack"
+    if processes > 1:
+        with DevstackProcesses(url, nodes, processes, root, labels=labels, trust=sorted(trusted.ids),
+                               advertise=advertise):
+            yield []
+        return
+    with Devstack(url, nodes, root=root, labels=[labels], advertise=advertise, keep=False, trust=trusted,
+                  shared=nodes >= SHARED_FROM) as stack:
+        yield stack.gateways if nodes < SHARED_FROM else []
 
 
 def _wait_joined(server, join: str, timeout: float = 10.0) -> None:
@@ -196,7 +221,7 @@ def _allowed_folder(path: Path) -> Path:
     return path.resolve()
 
 
-async def discover(url: str, wait: float = 2.0):
+async def discover(url: str, wait: float = 10.0):
     from ..home import store_root
     from ..network.embedded import client_identity
     from ..network.requester import Requester
@@ -208,7 +233,18 @@ async def discover(url: str, wait: float = 2.0):
     await transport.connect()
     requester = Requester(transport, ContentStore(store_root()))
     try:
-        await requester.start(expect_nodes=10**6, wait=wait)  # listen the whole time
+        # Every node answers at a moment within the spread; listen until the answers stop coming
+        # (QUIET_S without a new one after the spread), `wait` s at most.
+        started = time.monotonic()
+        spread = min(DISCOVER_SPREAD_S, wait / 2)
+        await requester.start(expect_nodes=10**6, wait=0.0, spread=spread)
+        count, last_new = 0, time.monotonic()
+        while (now := time.monotonic()) - started < wait:
+            if len(requester.nodes) != count:
+                count, last_new = len(requester.nodes), now
+            elif now - started > spread and now - last_new > QUIET_S:
+                break
+            await asyncio.sleep(0.05)
         return sorted(requester.live_nodes(), key=lambda n: n.id)
     finally:
         await requester.stop()
@@ -226,7 +262,8 @@ async def embedded_nodes():
 def nodes(network: Optional[str] = typer.Option(None, help="network URL; default: the embedded network "
                                                             "a `bflow run` without --network starts"),
           as_json: bool = typer.Option(False, "--json"),
-          wait: float = typer.Option(2.0, help="seconds to listen for announcements"),
+          wait: float = typer.Option(10.0, help="seconds to listen for the nodes at most "
+                                                                    "(less once they stop answering)"),
           tls_ca: Optional[Path] = nats_options.TLS_CA_OPTION,
           tls_cert: Optional[Path] = nats_options.TLS_CERT_OPTION,
           tls_key: Optional[Path] = nats_options.TLS_KEY_OPTION,
@@ -268,7 +305,8 @@ def gateway(port: int = typer.Option(8080, help="port to listen on (0: any free 
 
 def network(network: Optional[str] = typer.Option(None, help="network URL; without it, only where the job ran"),
             job: Optional[str] = typer.Option(None, help="the job whose shards to place (default: the newest)"),
-            wait: float = typer.Option(2.0, help="seconds to listen for announcements"),
+            wait: float = typer.Option(10.0, help="seconds to listen for the nodes at most "
+                                                                    "(less once they stop answering)"),
             tls_ca: Optional[Path] = nats_options.TLS_CA_OPTION,
             tls_cert: Optional[Path] = nats_options.TLS_CERT_OPTION,
             tls_key: Optional[Path] = nats_options.TLS_KEY_OPTION,
@@ -285,7 +323,7 @@ def network(network: Optional[str] = typer.Option(None, help="network URL; witho
     if job or jobs_db().exists():
         store = JobStore(jobs_db())
         try:
-            record = store.get(job) if job else _newest_job_on(store, {n.id for n in found} if network else None)
+            record = store.get(job) if job else _newest_job_on(store, network, {n.id for n in found})
         finally:
             store.close()
     if as_json:
@@ -296,13 +334,18 @@ def network(network: Optional[str] = typer.Option(None, help="network URL; witho
                                          found, record))
 
 
-def _newest_job_on(store, node_ids: set[str] | None):
-    """The newest job whose shards ran on one of `node_ids` (None: the newest job at all), so
-    the picture of one network never shows a job of another."""
-    for summary in store.list_jobs(limit=50):
+def _newest_job_on(store, network: str | None, node_ids: set[str]):
+    """The newest job that ran on `network` (None: the embedded one), so the picture of one
+    network never shows a job of another."""
+    from ..transports.redact import redacted
+
+    wanted = redacted(network) if network else None
+    for summary in store.list_jobs(limit=200):
         record = store.get(summary.id)
-        if node_ids is None or any(s.node in node_ids for s in record.shards):
+        if record.network == wanted:
             return record
+        if record.network is None and any(s.node in node_ids for s in record.shards):
+            return record  # recorded before jobs kept their network: it ran on these nodes
     return None
 
 

@@ -1,13 +1,12 @@
-"""How the CLI shows things to a person: tables, progress bars (on stderr), errors."""
+"""How the CLI shows things to a person: tables, errors, a job's stdout (the live display of a
+run is cli/progress.py)."""
 
 from __future__ import annotations
 
 import sys
-from contextlib import contextmanager
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ..errors import BflowError
@@ -18,7 +17,7 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 STATE_STYLE = {
     "completed": "green", "failed": "red", "cancelled": "yellow", "running": "cyan",
-    "queued": "dim", "skipped": "blue", "retrying": "magenta",
+    "queued": "dim", "skipped": "blue", "retrying": "magenta", "interrupted": "bold red",
 }
 
 
@@ -37,45 +36,48 @@ def warn(message: str) -> None:
     err.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
-class ShardProgress:
-    """A progress bar per job on stderr: shards done out of all, failures counted."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled and sys.stderr.isatty()
-        self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("[red]{task.fields[failed]} failed"), TimeElapsedColumn(),
-            console=err, transient=False, disable=not self.enabled,
-        )
-
-    @contextmanager
-    def job(self, name: str, total: int):
-        """A bar for one job; yields its progress hook. Several jobs may run at once (a DAG)."""
-        task = self.progress.add_task(name, total=total, failed=0)
-        done = False
-        try:
-            yield lambda index, state: None if done else self._update(task, state)
-        finally:
-            done = True
-
-    def _update(self, task, state: str) -> None:
-        if state in ("completed", "skipped"):
-            self.progress.advance(task)
-        elif state in ("failed", "cancelled"):
-            failed = self.progress.tasks[task].fields["failed"]
-            self.progress.update(task, advance=1, failed=failed + 1)
-
-    def __enter__(self):
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self.progress.__exit__(*exc)
+def write_stdout(chunks, label: str | None = None, out=None) -> None:
+    """A job's merged stdout to stdout, byte for byte; with a `label` (a file of several
+    pipelines), each line starts with `label | `, as a compose tool labels its services, and a
+    last line without its newline gets one."""
+    out = out or sys.stdout.buffer
+    if label is None:
+        for chunk in chunks:
+            out.write(chunk)
+    else:
+        prefix, rest = label.encode() + b" | ", b""
+        for chunk in chunks:
+            *lines, rest = (rest + chunk).split(b"\n")
+            for line in lines:
+                out.write(prefix + line + b"\n")
+        if rest:
+            out.write(prefix + rest + b"\n")
+    out.flush()
 
 
 def plural(n: int, word: str) -> str:
     """`1 shard`, `3 shards`."""
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def summarise(record) -> None:
+    """The lines after a run: the job's state and counts, where it was published, its error."""
+    done = sum(s.state == "completed" for s in record.shards)
+    reused = sum(s.state == "skipped" for s in record.shards)
+    line = (f"job {record.id} ({record.pipeline}): {styled(record.state)}, "
+            f"{done + reused}/{plural(len(record.shards), 'shard')} completed")
+    if reused:
+        line += f" ({reused} reused from earlier jobs)"
+    err.print(line, highlight=False, soft_wrap=True)
+    if reused and reused == len(record.shards):
+        err.print(f"  nothing changed: {reused} of {plural(reused, 'shard')} reused (`--reprocess` runs them again)",
+                  highlight=False, markup=False, soft_wrap=True)
+    if record.published:
+        err.print(f"  published to {record.published}", highlight=False, markup=False, soft_wrap=True)
+    if record.error:
+        err.print(f"  {record.error}", highlight=False, markup=False)
+        err.print(f"  logs: bflow logs {record.id[:10]} --shard N   ·   bflow describe {record.id[:10]}",
+                  highlight=False, markup=False)
 
 
 def jobs_table(jobs) -> Table:

@@ -9,8 +9,8 @@ Decisions:
   any uid can read them.
 - One client per process (made and pinged on first use, shared by every shard and thread);
   a node whose engine does not answer cannot construct this executor, so it does not
-  announce `docker` (a unix socket that is missing or refuses connections is answer enough:
-  no SDK import). Each shard then costs five API calls: create, attach, start, wait, remove.
+  announce `docker`, and says why. A unix socket is asked with a bare `GET /_ping`: an idle
+  node never imports the SDK (~15 MB). Each shard then costs five API calls: create, attach, start, wait, remove.
 - stdout and stderr come over one attach socket opened before the container starts, so
   nothing is missed and nothing depends on the engine's log driver; frames are demultiplexed
   straight into the two files. `transform.stdin` is written to the same socket, then its
@@ -98,6 +98,7 @@ _engine: tuple[int, object] | None = None  # (pid, docker.DockerClient)
 # network starts three at once), then the engine is asked again: it may have been started.
 ENGINE_FAILURE_MEMORY_SECONDS = 5.0
 _engine_failure: tuple[int, float, ExecutorError] | None = None  # (pid, when, the error)
+_engine_checked: int | None = None  # pid of the process whose engine answered a bare ping
 
 
 def engine_url() -> str:
@@ -106,28 +107,56 @@ def engine_url() -> str:
     return "unix:///var/run/docker.sock" if host in ("", "unix://") else host
 
 
-def _unix_socket_unanswered() -> str | None:
-    """Why no engine can answer on its unix socket (`DOCKER_HOST`, or the default one), found
-    without the Docker SDK (~90 ms to import): there is no socket, or nothing listens on it.
-    None for an engine over TCP or SSH, or a socket that takes a connection (the SDK pings it)."""
-    host = (os.environ.get("DOCKER_HOST") or "").strip()
-    if host in ("", "unix://"):
-        path = "/var/run/docker.sock"
-    elif host.startswith(("unix://", "http+unix://")):
-        path = host.split("://", 1)[1]
-    else:
-        return None
+def _unix_socket_path() -> str | None:
+    """The engine's unix socket (`DOCKER_HOST`, or the default one); None over TCP or SSH."""
+    url = engine_url()
+    return url.split("://", 1)[1] if url.startswith(("unix://", "http+unix://")) else None
+
+
+def _unix_socket_unanswered(path: str) -> str | None:
+    """Why no engine answers on the unix socket at `path`, asked with a bare `GET /_ping`
+    (the Docker SDK costs ~90 ms and ~15 MB to import, more than an idle node needs); None
+    when the engine answers OK."""
     with socket.socket(socket.AF_UNIX) as probe:
-        probe.settimeout(1.0)
+        probe.settimeout(2.0)
         try:
             probe.connect(path)
+            probe.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            answer = probe.recv(4096)
         except FileNotFoundError:
             return f"there is no socket at {path}"
         except ConnectionRefusedError:
             return f"nothing listens on {path}"
-        except OSError:  # no permission, a timeout: the SDK says what it is
-            return None
-    return None
+        except PermissionError:
+            return f"this user may not use {path}"
+        except OSError as e:
+            return f"{path}: {e.strerror or e}"
+    status = answer.split(b"\r\n", 1)[0].decode("latin-1", "replace")
+    if status.split(" ")[1:2] == ["200"]:
+        return None
+    return f"{path} answers {status or 'nothing'!r}, not as a Docker engine does"
+
+
+def check_engine() -> None:
+    """Raise ExecutorError unless this process's Docker engine answers (once it has, it is
+    not asked again). Over a unix socket without the SDK; otherwise by making the client."""
+    global _engine_checked, _engine_failure
+    with _engine_lock:
+        if _engine_checked == os.getpid() or (_engine is not None and _engine[0] == os.getpid()):
+            return
+        failure = _engine_failure
+        if failure and failure[0] == os.getpid() and time.monotonic() - failure[1] < ENGINE_FAILURE_MEMORY_SECONDS:
+            raise failure[2]
+        path = _unix_socket_path()
+        why = _unix_socket_unanswered(path) if path else None
+        if why is not None:
+            error = ExecutorError(f"cannot reach the Docker engine at {engine_url()}: {why}", hint=NO_ENGINE_HINT)
+            _engine_failure = (os.getpid(), time.monotonic(), error)
+            raise error
+        if path:
+            _engine_checked = os.getpid()
+            return
+    engine()  # TCP or SSH: the SDK asks
 
 
 def engine():
@@ -151,7 +180,8 @@ def engine():
 
 def _connect():
     """A Docker client whose engine answered a ping. Raises ExecutorError when none answers."""
-    if (why := _unix_socket_unanswered()) is not None:
+    path = _unix_socket_path()
+    if path and (why := _unix_socket_unanswered(path)) is not None:
         raise ExecutorError(f"cannot reach the Docker engine at {engine_url()}: {why}", hint=NO_ENGINE_HINT)
     import docker
     import requests
@@ -219,10 +249,15 @@ class DockerExecutor(Executor):
     name = "docker"
 
     def __init__(self, user: str | None = None) -> None:
-        self.client = engine()  # raises ExecutorError: a node without an engine has no docker
+        check_engine()  # raises ExecutorError: a node without an engine has no docker
         self.user = user or f"{os.getuid()}:{os.getgid()}"
         self._runs: list[_Run] = []
         self._lock = threading.Lock()
+
+    @property
+    def client(self):
+        """The Docker SDK's client, made when the first shard runs (not when the node starts)."""
+        return engine()
 
     def run(self, execution: Execution) -> ExecutionResult:
         if not execution.image:

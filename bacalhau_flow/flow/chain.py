@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..errors import BflowError, JobCancelled
 from ..jobs.store import JobRecord
+from . import interrupt
 from .dag import PipelineDag
 from .prefect_api import TAG
 
@@ -49,6 +50,10 @@ def as_one_flow_run(dag: PipelineDag, first_job_id: str, network: str | None,
     def chain(spec: str | None = None if source.startswith("<") else source,
               pipelines: list[str] = [p.name for p in dag.pipelines],  # noqa: B006 - read only
               network: str | None = network):
+        from prefect.context import FlowRunContext
+
+        this_run = str(FlowRunContext.get().flow_run.id)
+        interrupt.flow_run_began(this_run)  # one Ctrl-C that must end at once cancels it too
         try:
             records = outcome["records"] = body()
         except JobCancelled as e:
@@ -57,6 +62,8 @@ def as_one_flow_run(dag: PipelineDag, first_job_id: str, network: str | None,
         except Exception as e:  # noqa: BLE001 - re-raised below, after the run recorded it
             outcome["error"] = e
             return Failed(message=str(e))
+        finally:
+            interrupt.flow_run_ended(this_run)
         not_completed = [f"{r.pipeline} {r.state}" for r in records if r.state != "completed"]
         if not_completed:
             return Failed(message=f"{len(not_completed)} of {len(records)} jobs did not complete: "
@@ -70,7 +77,7 @@ def as_one_flow_run(dag: PipelineDag, first_job_id: str, network: str | None,
             parent(return_state=True)
     except KeyboardInterrupt:
         if "error" not in outcome and "records" not in outcome:
-            raise JobCancelled("cancelled", hint="`bflow list` shows the jobs") from None
+            raise JobCancelled("cancelled by the user before any job started") from None
     if "error" in outcome:
         raise outcome["error"]
     if "records" not in outcome:  # the parent run crashed before its body ran

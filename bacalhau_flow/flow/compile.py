@@ -17,9 +17,11 @@ What the Prefect UI shows of a job (issue 9):
 The job flow is async, run by `asyncio.run` in the calling thread: Prefect's sync flow engine
 joins its heartbeat thread when a run ends, which sleeps in 1 s steps (up to a second per
 job); the async engine sends the same heartbeats and does not wait for that thread. Ctrl-C
-reaches the flow as `asyncio.run` delivers it: as a cancellation of the flow's task, which the
-body turns into a stop like Cancel (the flow run ends Cancelled, then KeyboardInterrupt). A
-SIGTERM while the body waits ends the same way, then ends the process as before.
+reaches a `bflow` command through flow/interrupt.py: `stop_all` stops every job in flight as
+Cancel does, with the run's `interrupted` flag set, so its flow ends Cancelled and JobFlow then
+raises KeyboardInterrupt. Without that handler (a caller's own), Ctrl-C reaches the flow as
+`asyncio.run` delivers it: as a cancellation of the flow's task, which the body turns into the
+same stop. A SIGTERM while the body waits ends the same way, then ends the process as before.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ import asyncio
 import concurrent.futures
 import contextvars
 import os
-from collections.abc import Callable
 from functools import partial
 
 from prefect import Flow, get_run_logger, tags, task
@@ -39,6 +40,7 @@ from prefect.states import Cancelled, Completed, Failed
 
 from ..transports.redact import redacted
 from .artifacts import publish_artifacts
+from . import interrupt
 from .cancel_watch import watch_for_cancel
 from .job_run import JobRun, ShardCancelled, ShardFailed
 from .prefect_api import TAG
@@ -46,18 +48,35 @@ from .task_runner import CURRENT_REQUESTER, NetworkTaskRunner
 from .window import ShardReport
 
 STOP_TIMEOUT = 30.0  # seconds a Ctrl-C waits for the job's shards to stop
+ARTIFACTS_TIMEOUT = 0.5  # seconds a stopped job's flow waits for its artifacts to be recorded
 
 CURRENT_JOB: contextvars.ContextVar[JobRun] = contextvars.ContextVar("bflow_job")
-_IN_FLIGHT: dict[str, Callable[[str], None]] = {}  # job id -> stops it; while its flow runs
+# job id -> (its run, its task runner, its flow run id); while its flow runs in this process
+_IN_FLIGHT: dict[str, tuple[JobRun, NetworkTaskRunner, str]] = {}
 
 
-def stop_job(job_id: str, reason: str) -> bool:
+def stop_job(job_id: str, reason: str, interrupted: bool = False) -> bool:
     """Stop job `job_id` if its flow runs in this process (as Cancel in the UI does, from any
-    thread); False when it does not run here."""
-    stop = _IN_FLIGHT.get(job_id)
-    if stop is not None:
-        stop(reason)
-    return stop is not None
+    thread, a signal handler too: nothing here blocks); False when it does not run here. With
+    `interrupted` (Ctrl-C), its flow raises KeyboardInterrupt once it ended (JobFlow)."""
+    entry = _IN_FLIGHT.get(job_id)
+    if entry is None:
+        return False
+    run, runner, _flow_run = entry
+    if interrupted:
+        run.interrupted = True
+    runner.call_soon(run.cancel, reason)
+    return True
+
+
+def stop_all(reason: str) -> list[str]:
+    """Ctrl-C (flow/interrupt.py): stop every job whose flow runs in this process; their ids."""
+    return [job_id for job_id in list(_IN_FLIGHT) if stop_job(job_id, reason, interrupted=True)]
+
+
+def flow_runs_in_flight() -> list[str]:
+    """The flow run ids of the jobs whose flows run in this process."""
+    return [flow_run for _run, _runner, flow_run in list(_IN_FLIGHT.values())]
 
 
 @task(name="shard", task_run_name="shard-{index}", cache_policy=NO_CACHE, persist_result=False)
@@ -162,9 +181,12 @@ def compile_flow(run: JobRun, network: str | None = None, nodes: int = 3, run_na
         context = FlowRunContext.get()
         runner = context.task_runner
         runner.watch(partial(watch_for_cancel, flow_run_id=context.flow_run.id, on_cancel=run.cancel))
-        _IN_FLIGHT[run.job.id] = partial(runner.call_soon, run.cancel)
+        _IN_FLIGHT[run.job.id] = (run, runner, str(context.flow_run.id))
+        runner.call_soon(runner.requester.serve_job, run.job.id)  # named to its nodes (network/liveness.py)
         futures = []
         try:
+            if interrupt.requested():  # Ctrl-C came while this flow started: dispatch nothing
+                stop_job(run.job.id, "cancelled by the user", interrupted=True)
             futures = shard_task.map(index=run.pending) if run.pending else []
             await _all_ended(futures)
         except asyncio.CancelledError:  # Ctrl-C: stop as Cancel does, end Cancelled, then re-raise (JobFlow)
@@ -172,8 +194,16 @@ def compile_flow(run: JobRun, network: str | None = None, nodes: int = 3, run_na
             await _stop(run, runner, futures)
         finally:
             _IN_FLIGHT.pop(run.job.id, None)
+            runner.call_soon(runner.requester.serve_job, run.job.id, False)
         state = _end_state(run)
-        await publish_artifacts(run.jobs.get(run.job.id), run.content, context.client, context.flow_run.id)
+        artifacts = publish_artifacts(run.jobs.get(run.job.id), run.content, context.client, context.flow_run.id)
+        if run.interrupted:  # the user is waiting for the prompt: the UI's table must not keep them
+            try:
+                await asyncio.wait_for(artifacts, ARTIFACTS_TIMEOUT)
+            except Exception:  # noqa: BLE001 - a slow or gone API: the job store has the record
+                pass
+        else:
+            await artifacts
         return state
 
     job_flow = JobFlow(

@@ -3,7 +3,7 @@
 Decisions:
 
 - By default the shards that did not succeed (failed, cancelled, or left queued/running by a
-  crash) run again; `--shard N` picks shards, also completed or skipped ones.
+  crash: an `interrupted` job, which `bflow resume` can also continue) run again; `--shard N` picks shards, also completed or skipped ones.
 - They run as new attempts of the same job: earlier attempts stay recorded (`bflow logs
   --attempt`), the shard records, the merged outputs CID and the job state are updated, so
   `bflow describe` and `bflow get` show the job as it is after the rerun. The spec's retries
@@ -18,15 +18,17 @@ Decisions:
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable
 
-from ..errors import BflowError, JobCancelled
+from ..errors import BflowError
 from ..home import bflow_home, jobs_db, store_root
-from ..jobs.store import JobRecord, JobStore, process_alive
+from ..jobs.store import JobRecord, JobStore
 from ..plan.datum import Datum, Shard
 from ..storage import ContentStore
+from ..transports.redact import redacted
+from . import interrupt
+from .runner import cancelled_error
 
 UNFINISHED = ("failed", "cancelled", "queued", "running")
 
@@ -52,7 +54,7 @@ def rerun_job(prefix: str, shards: list[int] | None = None, *, network: str | No
 
 
 def _pipeline_of(record: JobRecord):
-    if record.state in ("queued", "running") and record.pid and process_alive(record.pid):
+    if record.state in ("queued", "running"):  # its owner still drives it (else it reads interrupted)
         raise RerunError(f"job {record.id} is still running",
                          hint=f"wait for it, or stop it with `bflow cancel {record.id[:10]}`")
     spec = record.spec_file
@@ -101,21 +103,31 @@ def _rerun(record: JobRecord, pipeline, chosen: list[int], jobs: JobStore, netwo
 
     plan = [Shard(pipeline.name, s.index, tuple(Datum.from_json(d) for d in s.datums)) for s in record.shards]
     keys = ContentKeys(pipeline, jobs).keys([plan[i] for i in chosen])
+    jobs.claim(record.id)  # this process drives it from now on (jobs/owner.py)
     jobs.requeue_shards(record.id, dict(zip(chosen, keys)))
-    jobs.set_job(record.id, pid=os.getpid())
+    jobs.set_job(record.id, network=redacted(network))
     job = jobs.get(record.id)
     run = JobRun(pipeline, plan, job, jobs, ContentStore(store_root()), bflow_home() / "scratch", on_progress,
                  pending=chosen)
+    return run_to_end(jobs, job.id, lambda: compile_flow(run, network, nodes, run_name=f"{job.id}-rerun")(
+        return_state=True))
+
+
+def run_to_end(jobs: JobStore, job_id: str, start: Callable[[], object]) -> JobRecord:
+    """Run an existing job's flow (`start()` returns its final Prefect state) and return the
+    job's record: a Ctrl-C marks it and its unfinished shards cancelled (JobCancelled), a flow
+    that ended without finishing the job (a crash) marks it failed. For rerun and resume."""
     try:
-        state = compile_flow(run, network, nodes, run_name=f"{job.id}-rerun")(return_state=True)
+        with interrupt.watching():
+            state = start()
     except KeyboardInterrupt:
-        jobs.cancel_unfinished_shards(job.id)
-        jobs.set_job(job.id, state="cancelled", error="cancelled by the user")
-        raise JobCancelled(f"job {job.id} cancelled", hint=f"`bflow describe {job.id[:10]}` shows what ran") from None
-    after = jobs.get(job.id)
+        jobs.cancel_unfinished_shards(job_id)
+        jobs.set_job(job_id, state="cancelled", error="cancelled by the user")
+        raise cancelled_error(job_id) from None
+    after = jobs.get(job_id)
     if after.state in ("queued", "running"):  # the flow ended without finishing the job
-        jobs.cancel_unfinished_shards(job.id)
-        jobs.set_job(job.id, state="failed", error=getattr(state, "message", None) or "the flow run crashed")
-        after = jobs.get(job.id)
+        jobs.cancel_unfinished_shards(job_id)
+        jobs.set_job(job_id, state="failed", error=getattr(state, "message", None) or "the flow run crashed")
+        after = jobs.get(job_id)
     return after
 

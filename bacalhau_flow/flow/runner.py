@@ -1,7 +1,9 @@
 """Run a pipeline as a job: plan, record, compile to a Prefect flow, run, finish.
 
-The job store is the record of truth; a Ctrl-C (KeyboardInterrupt) marks the job
-cancelled and every unfinished shard cancelled, so nothing half-done reads as done.
+The job store is the record of truth; a Ctrl-C marks the job cancelled and every unfinished
+shard cancelled, so nothing half-done reads as done (flow/interrupt.py: how, and within what
+time). The job is owned by this process while it runs (jobs/owner.py): killed instead, it
+reads `interrupted`, and `bflow resume` continues it (flow/resume.py).
 
 `run_dag` runs the pipelines of one file (flow/dag.py): a pipeline once those it reads
 completed, independent ones at the same time. Each runs in a thread of its own when several
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import contextvars
 import json
-import os
 import queue
 import threading
 from collections.abc import Callable
@@ -30,7 +31,14 @@ from ..network.secrets import read_secrets
 from ..plan.pipeline import PipelinePlan, plan_pipeline
 from ..spec import Pipeline
 from ..storage import ContentStore
+from ..transports.redact import redacted
+from . import interrupt
 from .dag import NOT_RUN, PipelineDag, UpstreamOutput
+
+
+def cancelled_error(job_id: str) -> JobCancelled:
+    """What a job stopped by Ctrl-C raises: one line, saying where to look."""
+    return JobCancelled(f"job {job_id} cancelled by the user; `bflow describe {job_id[:10]}` shows what ran")
 
 
 def run_pipeline(
@@ -53,6 +61,13 @@ def run_pipeline(
     spec's `reprocess: always`; a job with nothing left to run finishes without a flow run.
     `upstreams` (flow/dag.py `UpstreamOutput`s, the pipeline already resolved to them) are
     recorded on the job: which jobs and CIDs its pipeline:// inputs read."""
+    with interrupt.watching():
+        return _run_pipeline(pipeline, plan=plan, network=network, nodes=nodes, job_id=job_id,
+                             on_progress=on_progress, reprocess=reprocess, upstreams=upstreams)
+
+
+def _run_pipeline(pipeline: Pipeline, *, plan, network, nodes, job_id, on_progress, reprocess, upstreams) -> JobRecord:
+    """`run_pipeline`'s body, with Ctrl-C handled (flow/interrupt.py)."""
     from .prefect_api import prefect_ready, use_prefect
 
     check_publish_url(pipeline)
@@ -75,8 +90,8 @@ def run_pipeline(
         job_id=job_id,
         transform_key=transform_key,
         content_keys=keys,
+        network=redacted(network),
     )
-    jobs.set_job(job.id, pid=os.getpid())
     if upstreams:
         jobs.set_job(job.id, upstreams=json.dumps([u.to_json() for u in upstreams]))
     reused = reuse_results(pipeline, job, jobs, content, reprocess=reprocess)
@@ -89,6 +104,8 @@ def run_pipeline(
     for index in reused:
         run.on_progress(index, "skipped")
     try:
+        if interrupt.requested():  # Ctrl-C while this job was being set up: nothing dispatched
+            raise KeyboardInterrupt
         if reused and not run.pending:  # nothing changed: no flow run, no network
             jobs.set_job(job.id, state="running")
             state = run.finish()
@@ -97,7 +114,7 @@ def run_pipeline(
     except KeyboardInterrupt:
         jobs.cancel_unfinished_shards(job.id)
         jobs.set_job(job.id, state="cancelled", error="cancelled by the user")
-        raise JobCancelled(f"job {job.id} cancelled", hint=f"`bflow describe {job.id[:10]}` shows what ran") from None
+        raise cancelled_error(job.id) from None
     except BflowError as e:  # before the first shard: an unreachable network, say. Never left queued.
         jobs.cancel_unfinished_shards(job.id)
         jobs.set_job(job.id, state="failed", error=str(e))
@@ -144,15 +161,16 @@ def run_dag(
     plans, ids = dict(plans or {}), dict(job_ids or {})
     for pipeline in dag.pipelines:
         ids.setdefault(pipeline.name, new_job_id())
-    if len(dag.pipelines) == 1:
-        return _run_dag(dag, plans, ids, progress_for, warn, options)
-    from .prefect_api import use_prefect
+    with interrupt.watching():
+        if len(dag.pipelines) == 1:
+            return _run_dag(dag, plans, ids, progress_for, warn, options)
+        from .prefect_api import use_prefect
 
-    use_prefect(wait=False)  # as_one_flow_run waits for it, once Prefect is imported
-    from .chain import as_one_flow_run
+        use_prefect(wait=False)  # as_one_flow_run waits for it, once Prefect is imported
+        from .chain import as_one_flow_run
 
-    return as_one_flow_run(dag, ids[dag.pipelines[0].name], options.get("network"),
-                           lambda: _run_dag(dag, plans, ids, progress_for, warn, options))
+        return as_one_flow_run(dag, ids[dag.pipelines[0].name], options.get("network"),
+                               lambda: _run_dag(dag, plans, ids, progress_for, warn, options))
 
 
 def _run_dag(dag: PipelineDag, plans: dict[str, PipelinePlan], ids: dict[str, str],
@@ -163,6 +181,7 @@ def _run_dag(dag: PipelineDag, plans: dict[str, PipelinePlan], ids: dict[str, st
     outputs: dict[str, UpstreamOutput] = {}
     finished: queue.Queue = queue.Queue()
     waiting, running = list(dag.pipelines), set()
+    stopped: list[str] = []  # pipelines whose jobs Ctrl-C stopped
 
     def stage(pipeline: Pipeline) -> JobRecord:
         upstreams = dag.resolve(pipeline, outputs)
@@ -188,6 +207,8 @@ def _run_dag(dag: PipelineDag, plans: dict[str, PipelinePlan], ids: dict[str, st
 
     try:
         while waiting or running:
+            if interrupt.requested():  # Ctrl-C: no pipeline starts after it
+                raise JobCancelled("cancelled")
             for pipeline in list(waiting):  # in dependency order: upstreams are decided first
                 reason = _not_run_reason(dag.after(pipeline), results, why_not)
                 if reason is not None:
@@ -210,15 +231,18 @@ def _run_dag(dag: PipelineDag, plans: dict[str, PipelinePlan], ids: dict[str, st
                 if isinstance(error, BflowError) and not isinstance(error, JobCancelled):
                     record = _record_failed(pipeline, ids[pipeline.name], error)
                 elif error is not None:
+                    if isinstance(error, JobCancelled):
+                        stopped.append(pipeline.name)
                     raise error
                 settle(pipeline, record)
     except (KeyboardInterrupt, JobCancelled) as e:
+        stopped += sorted(running)
         _stop_threads(running, ids, finished)
         _cancel_running(ids[name] for name in running)
-        if isinstance(e, JobCancelled) and not running:
-            raise
-        raise JobCancelled("cancelled: " + ", ".join(sorted(running)) if running else "cancelled",
-                           hint="`bflow list` shows the jobs") from None
+        if len(stopped) <= 1 and isinstance(e, JobCancelled) and str(e) != "cancelled":
+            raise  # one job stopped: its own line
+        names = ", ".join(f"{name} (job {ids[name][:10]})" for name in stopped) or "no job had started"
+        raise JobCancelled(f"cancelled by the user: {names}; `bflow list` shows the jobs") from None
     return [results[p.name] for p in dag.pipelines]
 
 

@@ -41,6 +41,7 @@ from typing import Any
 
 from ..plan import Shard
 from ..plan.combinators import leaves
+from ..plan.datums import gc_paused
 from ..plan.inputs import InputRoot, open_input
 from ..storage.unixfs import file_cid
 from .store import JobStore
@@ -99,13 +100,14 @@ class ContentKeys:
         self.transform = transform_key(pipeline)
         self._roots: dict[str, InputRoot] = {}
         self._urls = {leaf.name: leaf.url for leaf in leaves(pipeline.input_tree())}
-        self._cache: dict[str, dict[str, tuple]] = {}  # local root -> cached rows under it
+        self._cache: dict[str, dict[str, tuple]] = {}  # local root -> cached rows under it (`_file_cache`)
         self._fresh: list[tuple] = []  # new cache rows, written in one transaction by `keys`
 
     def keys(self, shards: list[Shard]) -> list[str | None]:
         """The content key of each shard, None for a shard whose inputs have no trustworthy identity."""
         try:
-            return [self._key(shard) for shard in shards]
+            with gc_paused():  # ~10 objects a datum, alive until the keys are hashed (plan/datums.py)
+                return [self._key(shard) for shard in shards]
         finally:
             self.jobs.cache_file_cids(self._fresh)
             self._fresh = []
@@ -138,17 +140,22 @@ class ContentKeys:
     def _local(self, root: InputRoot, path: str) -> list:
         source = root.fs_path(path)
         st = os.stat(source)
+        cache = self._file_cache(root)
         if not stat.S_ISDIR(st.st_mode):
-            return [[path, self._local_cid(root, source, st)]]
+            return [[path, self._local_cid(cache, source, st)]]
         dirs, files = root.subtree(path)
-        return [sorted(dirs)] + [[f, self._local_cid(root, root.fs_path(f), os.stat(root.fs_path(f)))]
+        return [sorted(dirs)] + [[f, self._local_cid(cache, root.fs_path(f), os.stat(root.fs_path(f)))]
                                  for f in sorted(files)]
 
-    def _local_cid(self, root: InputRoot, source: str, st: os.stat_result) -> str:
-        top = root.root if not root.is_file else os.path.dirname(root.root)
-        cache = self._cache.get(top)
+    def _file_cache(self, root: InputRoot) -> dict[str, tuple]:
+        """The cached CIDs under a local root, read once per job in one query."""
+        cache = self._cache.get(root.root)
         if cache is None:
-            cache = self._cache[top] = self.jobs.cached_file_cids(top)
+            top = root.root if not root.is_file else os.path.dirname(root.root)
+            cache = self._cache[root.root] = self.jobs.file_cids_under(top)
+        return cache
+
+    def _local_cid(self, cache: dict[str, tuple], source: str, st: os.stat_result) -> str:
         hit = cache.get(source)
         if hit and hit[:4] == (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) \
                 and st.st_mtime_ns < hit[5] - RACY_NS:

@@ -14,42 +14,79 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import OutputConflict
-from ..storage import ContentStore
+from ..storage import ContentStore, DagRef, import_file
+from ..storage.store import ChunkReader
+from ..storage.unixfs import build_directory
 from .store import JobRecord, ShardRecord
 
 
-def merge_outputs(content: ContentStore, shards: list[ShardRecord], conflict: str, scratch: Path) -> str:
+def merge_outputs(content: ContentStore, shards: list[ShardRecord], conflict: str, scratch: Path | None = None) -> str:
     """Merge the outputs of completed shards, in shard order, into one tree; return its CID.
 
     Two shards writing one path: `error` raises OutputConflict naming the path and the
-    shards; `concat` joins the files in shard order.
+    shards; `concat` joins the files in shard order. A path that is a file in one shard and
+    a folder in another is a conflict under either rule.
+
+    The merged tree is built from the shards' DAGs as they are: a file one shard wrote is
+    linked by its CID (its blocks are neither copied nor hashed again), and only the new
+    directory nodes, and the files that `concat` joins, are made. The CID is the one
+    `put_tree` of the merged folder would give (the same chunking, the same links), without
+    writing that folder. `scratch` is no longer used (kept for callers that pass it).
     """
-    owners: dict[str, list[tuple[int, str]]] = {}
+    owners: dict[str, list[tuple[int, DagRef]]] = {}
     for shard in shards:
         if shard.state in ("completed", "skipped") and shard.cid:
-            for relpath, file_cid, _size in content.iter_files(shard.cid):
-                owners.setdefault(relpath, []).append((shard.index, file_cid))
+            for relpath, ref in content.file_refs(shard.cid):
+                owners.setdefault(relpath, []).append((shard.index, ref))
     clashes = {path: ws for path, ws in owners.items() if len(ws) > 1}
     if clashes and conflict == "error":
         path, writers = sorted(clashes.items())[0]
         more = f" (and {len(clashes) - 1} more paths)" if len(clashes) > 1 else ""
         raise OutputConflict(
             f"shards {', '.join(str(i) for i, _ in writers)} all wrote /outputs/{path}{more}",
-            hint="write shard-specific names (e.g. use $BFLOW_SHARD_INDEX) or set `output: {conflict: concat}`",
+            hint="write shard-specific names (e.g. $BFLOW_OUTPUTS/$BFLOW_SHARD_ID.txt) or set "
+                 "`output: {conflict: concat}` to join them in shard order",
         )
-    scratch.mkdir(parents=True, exist_ok=True)
-    tree = Path(tempfile.mkdtemp(prefix="merge-", dir=scratch))
-    try:
-        for relpath, writers in owners.items():
-            target = tree / relpath
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with open(target, "wb") as out:
-                for _index, file_cid in writers:
-                    for chunk in content.iter_file(file_cid):
-                        out.write(chunk)
-        return content.put_tree(tree)
-    finally:
-        shutil.rmtree(tree, ignore_errors=True)
+    files: dict[str, DagRef] = {}
+    for relpath, writers in owners.items():
+        if len(writers) == 1:
+            files[relpath] = writers[0][1]
+        else:  # concat: one new file, its chunks hashed as `put_tree` would hash them
+            chunks = (chunk for _index, ref in writers for chunk in content.iter_file(ref.cid_str))
+            files[relpath] = import_file(ChunkReader(chunks), content.sink)
+    return build_tree(files, owners, content.sink).cid_str
+
+
+def build_tree(files: dict[str, DagRef], owners: dict[str, list[tuple[int, DagRef]]], sink) -> DagRef:
+    """The directory DAG holding `files` (relative path -> file DAG), every folder one flat
+    UnixFS directory node, as `import_tree` builds them. A path that is a file and also a
+    folder above another file raises OutputConflict naming both, with their shards."""
+    tree: dict = {}
+    for relpath in sorted(files):
+        folder, parts = tree, relpath.split("/")
+        for i, part in enumerate(parts[:-1]):
+            below = folder.setdefault(part, {})
+            if not isinstance(below, dict):
+                _file_and_folder("/".join(parts[:i + 1]), relpath, owners)
+            folder = below
+        if isinstance(folder.get(parts[-1]), dict):  # sorted: cannot happen, kept for safety
+            _file_and_folder(relpath, next(p for p in files if p.startswith(relpath + "/")), owners)
+        folder[parts[-1]] = files[relpath]
+
+    def build(folder: dict) -> DagRef:
+        return build_directory([(os.fsencode(name), build(child) if isinstance(child, dict) else child)
+                                for name, child in folder.items()], sink)
+
+    return build(tree)
+
+
+def _file_and_folder(file_path: str, inner: str, owners: dict[str, list[tuple[int, DagRef]]]) -> None:
+    writers = sorted({i for i, _ in owners.get(file_path, [])} | {i for i, _ in owners.get(inner, [])})
+    raise OutputConflict(
+        f"shards {', '.join(str(i) for i in writers)} wrote /outputs/{file_path} both as a file and as a folder "
+        f"(/outputs/{inner})",
+        hint="write shard-specific names (e.g. use $BFLOW_SHARD_INDEX): a file and a folder cannot be merged",
+    )
 
 
 def stream(content: ContentStore, shards: list[ShardRecord], which: str) -> Iterator[bytes]:

@@ -23,6 +23,7 @@ from .identity import Identity
 from .messages import Capacity
 from .node import ComputeNode
 from .requester import Requester
+from .protocol import DISCOVER_SPREAD_SECONDS as DISCOVER_SPREAD
 
 EMBEDDED_NODES = 3
 
@@ -77,7 +78,7 @@ async def open_network(url: str | None = None, nodes: int = EMBEDDED_NODES) -> A
 
             gateway = gateway_for(store, transport, advertise=os.environ.get("BFLOW_ADVERTISE") or None)
             requester.gateway = await gateway.start()
-        await requester.start(expect_nodes=max(1, len(started)))
+        await requester.start(expect_nodes=max(1, len(started)), spread=0.0 if url is None else DISCOVER_SPREAD)
         yield requester
     finally:
         await requester.stop()

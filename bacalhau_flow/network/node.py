@@ -12,7 +12,9 @@ import asyncio
 import base64
 import logging
 import os
+import random
 import time
+import weakref
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,12 +30,14 @@ from .trust import Trust
 from ..transports.base import Envelope, Transport, TransportError
 from . import protocol as p
 from .capacity import CapacityManager
+from .liveness import RequesterWatch
 from .messages import Capacity, NodeInfo, ShardRequest, ShardResult
 from .shard_run import run_shard_attempt
 
 log = logging.getLogger("bacalhau_flow.node")
 
 REMEMBERED_ATTEMPTS = 10_000
+_IN_THIS_PROCESS: "weakref.WeakSet[ComputeNode]" = weakref.WeakSet()  # for kill_local_work
 REPROBE_SECONDS = 10.0  # how often executors it could not offer are tried again
 
 
@@ -83,6 +87,10 @@ class ComputeNode:
         self.started_at = time.time()
         self.gateway: str | None = None  # its IPFS gateway's URL, announced in NodeInfo (set by Devstack)
         self.address: str | None = None  # the host others reach it by, announced too (set by Devstack)
+        # the requesters of its attempts: an attempt whose requester stopped naming its job is
+        # stopped (network/liveness.py)
+        self.requesters = RequesterWatch(transport, self._stop_for_silence)
+        _IN_THIS_PROCESS.add(self)
 
     # -- lifecycle --------------------------------------------------------------
     async def start(self) -> None:
@@ -108,6 +116,7 @@ class ComputeNode:
             executor.kill()
         for task in list(self._attempts.values()):
             task.cancel()
+        await self.requesters.stop()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def info(self) -> NodeInfo:
@@ -117,9 +126,9 @@ class ComputeNode:
                         address=self.address, public_key=getattr(self.identity, "public_key_b64", None),
                         unavailable=self.unavailable)
 
-    async def announce(self) -> None:
+    async def announce(self, subject: str = p.ANNOUNCE) -> None:
         try:
-            await self.transport.publish(p.ANNOUNCE, Envelope("node_info", self.info().model_dump(), sender=self.id))
+            await self.transport.publish(subject, Envelope("node_info", self.info().model_dump(), sender=self.id))
         except TransportError as e:  # the network is away; the next announcement will do
             log.debug("announce failed: %s", e)
 
@@ -133,8 +142,8 @@ class ComputeNode:
             self._announce_pending = asyncio.ensure_future(later())
 
     async def _announce_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.announce_seconds)
+        while True:  # jittered: nodes started together do not announce together ever after
+            await asyncio.sleep(self.announce_seconds * random.uniform(0.8, 1.2))
             if self.unavailable and time.monotonic() - self._probed > REPROBE_SECONDS:
                 await self._probe_again()
             await self.announce()
@@ -150,7 +159,15 @@ class ComputeNode:
     # -- handlers ---------------------------------------------------------------
     @p.handles("discover")
     async def _on_discover(self, envelope: Envelope) -> None:
-        await self.announce()
+        """Answer on the asker's own subject, at a random moment within its spread."""
+        reply = envelope.body.get("reply")
+        if not isinstance(reply, str) or not reply.startswith("bflow.requester."):
+            await self.announce()  # an asker of an older version: on the common subject
+            return
+        spread = envelope.body.get("spread")
+        spread = min(max(float(spread), 0.0), 10.0) if isinstance(spread, (int, float)) else 0.0
+        await asyncio.sleep(random.uniform(0, spread))
+        await self.announce(reply)
 
     def bid(self, request: ShardRequest, selector: dict[str, str], requester: str | None = None) -> p.Bid:
         """Whether this node would take the shard: never, now, or after those queued."""
@@ -194,6 +211,7 @@ class ComputeNode:
             self._remember_attempt(request.attempt_id)
             secrets = {"sealed": envelope.body.get("secrets") or {}, "plain": envelope.body.get("secrets_plain") or {}}
             self._attempts[request.attempt_id] = asyncio.ensure_future(self._execute(request, requester, secrets))
+            self.requesters.follow(requester, request.job_id, request.attempt_id)
             while len(self._attempts) > REMEMBERED_ATTEMPTS:
                 self._attempts.popitem(last=False)
         return Envelope("ack", {"accepted": True}, sender=self.id)
@@ -220,6 +238,11 @@ class ComputeNode:
                 self._withdrawn.popitem(last=False)
         return Envelope("cancelled", {"cancelled": attempt_id in self._attempts}, sender=self.id)
 
+    async def _stop_for_silence(self, attempt_ids: list[str]) -> None:
+        """Stop attempts whose requester is gone (network/liveness.py), as its cancel would."""
+        for attempt_id in attempt_ids:
+            await self._on_cancel(Envelope("cancel", {"attempt_id": attempt_id}, sender=self.id))
+
     @p.handles("blocks")
     async def _on_blocks(self, envelope: Envelope) -> Envelope:
         blocks = {}
@@ -242,9 +265,13 @@ class ComputeNode:
                                  retryable=e.retryable, stdout_cid=self.store.put_bytes(b""),
                                  stderr_cid=self.store.put_bytes(f"bflow: {e}\n".encode()), started=now, ended=now)
         finally:
+            self.requesters.forget(request.attempt_id)  # its command ended: its result is offered whatever
             self._unpin(inputs)
         if result is None:
             return
+        if self.requesters.silenced(request.attempt_id):  # no fault of the shard: it may run again
+            result = result.model_copy(update={"state": "failed", "retryable": True,
+                                               "error": "stopped: its requester was not heard from"})
         outputs = [c for c in (result.outputs_cid, result.stdout_cid, result.stderr_cid) if c]
         self._pin(outputs)
         # The lease is kept while the result is offered: a requester that did not take it at
@@ -383,3 +410,19 @@ def offered_executors(names: list[str] | None = None) -> tuple[list[str], dict[s
         except BflowError as e:
             unavailable[name] = e.message
     return offered, unavailable
+
+
+def kill_local_work() -> None:
+    """Kill the commands of every compute node of this process now (the embedded network's):
+    for a process that must end at once (flow/interrupt.py), whose shards would outlive it."""
+    for node in list(_IN_THIS_PROCESS):
+        for executor in list(node._running.values()):
+            try:
+                # the local executor's runs: SIGKILL now (its kill() waits a grace for SIGTERM
+                # on a timer thread, which would end with this process before it fires)
+                runs = getattr(executor, "_running", None)
+                for run in list(runs) if isinstance(runs, set) else []:
+                    run.stop(graceful=False)
+                executor.kill()
+            except Exception:  # noqa: BLE001 - leaving: kill what can be killed
+                pass

@@ -10,8 +10,13 @@
       |-- blocks (CIDs) --------------------------->|  outputs and logs, verified by CID
       |-- cancel (attempt id) --------------------->|  kill it
 
-Announcements: every node publishes NodeInfo on `bflow.nodes.announce` every
-ANNOUNCE_SECONDS; a node not heard from for NODE_TTL_SECONDS is gone.
+Announcements: a node publishes NodeInfo on `bflow.nodes.announce` when it starts, soon
+after its load changes, and every ANNOUNCE_SECONDS (jittered) besides: idle, that is one
+message per node per half minute, whatever the size of the network. A node not heard from
+for NODE_TTL_SECONDS, or that does not answer a bid, is gone until it announces again.
+Discovery: a requester (or `bflow nodes`) publishes a discover naming a subject of its own
+(`reply`) and a `spread`; each node answers there, at a random moment within the spread, so
+that ten thousand answers arrive as a stream at the asker alone, not as a burst at everyone.
 """
 
 from __future__ import annotations
@@ -26,8 +31,9 @@ log = logging.getLogger("bacalhau_flow.protocol")
 ANNOUNCE = "bflow.nodes.announce"
 DISCOVER = "bflow.nodes.discover"
 
-ANNOUNCE_SECONDS = 2.0
-NODE_TTL_SECONDS = 10.0
+ANNOUNCE_SECONDS = 30.0
+NODE_TTL_SECONDS = 3 * ANNOUNCE_SECONDS + 5.0
+DISCOVER_SPREAD_SECONDS = 0.2  # how long a requester lets the answers to its discover take
 HEARTBEAT_SECONDS = 1.0
 LEASE_SECONDS = 6.0  # no heartbeat for this long: the node is lost, the attempt fails (retryable)
 BID_TIMEOUT = 3.0

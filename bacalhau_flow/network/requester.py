@@ -24,18 +24,20 @@ import asyncio
 import base64
 import logging
 import math
+import random
 import time
 import uuid
-from collections import Counter
+from collections import Counter, OrderedDict
 
 from ..errors import BflowError, ContentError, NoNodeCanRun
 from ..storage import ContentStore
 from ..storage.fetch import fetch_dag
 from ..storage.pull import pull
-from ..transports.base import Envelope, Transport, TransportError
+from ..transports.base import Envelope, NoResponders, Transport, TransportError
 from . import protocol as p
 from .messages import NodeInfo, ShardRequest, ShardResult
 from .identity import node_id_for
+from .liveness import Beacon
 from .secrets import seal
 from .shipping import ship_local_inputs
 
@@ -43,6 +45,9 @@ log = logging.getLogger("bacalhau_flow.requester")
 
 BIDDERS = 3  # nodes asked for a bid per attempt
 NO_BID_RETRY_SECONDS = 0.5
+UNCLAIMED_RESULTS = 10_000  # results of attempts not (yet) awaited, kept for `follow` (bflow resume)
+MAX_PROVIDERS = 16  # gateways named in one shard request
+SAMPLE = 64  # nodes ranked for one placement on a large network
 
 
 class Requester:
@@ -63,20 +68,31 @@ class Requester:
         # it): what they report is acknowledged, so they stop offering it, and never used
         self._withdrawn: dict[str, set[str]] = {}
         self.dropped: Counter[str] = Counter()  # job id -> reports dropped for coming from another node
+        self._roster = 0  # changes when a node joins or changes what it offers
+        self._able_roster = -1
+        self._able_cache: dict[tuple, list[str]] = {}  # kind of shard -> ids of nodes that could run it
         self._node_seen = asyncio.Event()
         self._placing = asyncio.Lock()  # one placement at a time, so each sees the last one's load
         self._subs: list = []
+        # Liveness (network/liveness.py): the jobs it drives, named to their nodes every few
+        # seconds; results offered for attempts it does not await (yet), for `follow`
+        self._serving: set[str] = set()
+        self._beacon = Beacon(transport, self.id, self.driven_jobs)
+        self._unclaimed: OrderedDict[str, tuple[str, ShardResult]] = OrderedDict()
 
     # -- lifecycle --------------------------------------------------------------
-    async def start(self, expect_nodes: int = 1, wait: float = 5.0) -> None:
-        """Listen for announcements and ask nodes to announce; wait up to `wait` s for `expect_nodes`."""
+    async def start(self, expect_nodes: int = 1, wait: float = 5.0, spread: float = p.DISCOVER_SPREAD_SECONDS) -> None:
+        """Listen for announcements and ask every node to answer within `spread` s; wait up
+        to `wait` s for `expect_nodes`."""
         t = self.transport
         self._subs = [
             await t.subscribe(p.ANNOUNCE, self._on_announce),
+            await t.subscribe(p.requester_subject(self.id, "info"), self._on_announce),
             await t.subscribe(p.requester_subject(self.id, "progress"), self._on_progress),
             await t.subscribe(p.requester_subject(self.id, "result"), self._on_result),
         ]
-        await t.publish(p.DISCOVER, Envelope("discover", {}, sender=self.id))
+        self._beacon.start()
+        await self.discover(spread)
         deadline = time.monotonic() + wait
         while len(self.live_nodes()) < expect_nodes and time.monotonic() < deadline:
             self._node_seen.clear()
@@ -85,9 +101,23 @@ class Requester:
             except asyncio.TimeoutError:
                 break
 
+    async def discover(self, spread: float = p.DISCOVER_SPREAD_SECONDS) -> None:
+        """Ask every node for its NodeInfo, answered on this requester's own subject."""
+        body = {"reply": p.requester_subject(self.id, "info"), "spread": spread}
+        await self.transport.publish(p.DISCOVER, Envelope("discover", body, sender=self.id))
+
     async def stop(self) -> None:
+        await self._beacon.stop()
         for sub in self._subs:
             await sub.unsubscribe()
+
+    def serve_job(self, job_id: str, serving: bool = True) -> None:
+        """Name job `job_id` to the nodes as driven by this requester (or no longer)."""
+        (self._serving.add if serving else self._serving.discard)(job_id)
+
+    def driven_jobs(self) -> set[str]:
+        """The jobs its beacon names: those it serves, and those of the attempts it awaits."""
+        return self._serving | {attempt.split("/", 1)[0] for attempt in self._waiting}
 
     def live_nodes(self) -> list[NodeInfo]:
         now = time.monotonic()
@@ -99,6 +129,9 @@ class Requester:
         info = NodeInfo.model_validate(envelope.body)
         if info.public_key and node_id_for(info.public_key) != info.id:
             info = info.model_copy(update={"public_key": None})  # not its key: nothing is sealed to it
+        known = self.nodes.get(info.id)
+        if known is None or (known.executors, known.labels, known.total) != (info.executors, info.labels, info.total):
+            self._roster += 1  # what could run where has changed
         self.nodes[info.id] = info
         self._heard[info.id] = time.monotonic()
         self._node_seen.set()
@@ -106,6 +139,8 @@ class Requester:
     @p.handles("progress")
     async def _on_progress(self, envelope: Envelope) -> None:
         progress = p.Progress.model_validate(envelope.body)
+        if progress.attempt_id not in self._accepted:  # not (yet) followed (`follow`): nothing to renew
+            return
         if not self._from_accepted(progress.attempt_id, envelope.sender, "progress"):
             return
         waiting = self._waiting.get(progress.attempt_id)
@@ -119,6 +154,10 @@ class Requester:
         waiting = self._waiting.get(attempt_id)
         withdrawn = envelope.sender in self._withdrawn.get(attempt_id, ())
         if waiting is None or withdrawn:  # late, repeated or withdrawn: not used; acked so the node stops
+            if waiting is None and not withdrawn:  # kept a while: a resumed requester may `follow` it
+                self._unclaimed[attempt_id] = (envelope.sender, result)
+                while len(self._unclaimed) > UNCLAIMED_RESULTS:
+                    self._unclaimed.popitem(last=False)
             return Envelope("ack", {"attempt_id": attempt_id}, sender=self.id)
         if not self._from_accepted(attempt_id, envelope.sender, "a result"):
             return None  # no answer: a forger learns nothing
@@ -143,12 +182,18 @@ class Requester:
 
     # -- choosing ---------------------------------------------------------------
     def candidates(self, request: ShardRequest, selector: dict[str, str], avoid: set[str]) -> list[str]:
-        """Node ids that could run the shard, best first. Raises NoNodeCanRun if none could ever."""
-        nodes = self.live_nodes()
-        able = [n for n in nodes if n.total.fits(request.resources)
-                and request.transform.executor in n.executors
-                and all(n.labels.get(k) == v for k, v in selector.items())]
-        if not able:
+        """Node ids that could run the shard, best first. Raises NoNodeCanRun if none could ever.
+
+        On a network of more than SAMPLE such nodes, a random SAMPLE of them is ranked: the cost
+        of a placement stays flat however large the network (the bids say who is free now)."""
+        now = time.monotonic()
+        able = self._able(request, selector)
+        pick = random.sample(able, SAMPLE) if len(able) > SAMPLE else able
+        live = [self.nodes[i] for i in pick if now - self._heard.get(i, 0) < p.NODE_TTL_SECONDS]
+        if not live and len(pick) < len(able):  # the sample found only gone nodes: look at them all
+            live = [self.nodes[i] for i in able if now - self._heard.get(i, 0) < p.NODE_TTL_SECONDS]
+        if not live:
+            nodes = self.live_nodes()
             why = _why_none(request, selector, nodes)
             offered_nowhere = any(request.transform.executor in n.unavailable for n in nodes)
             raise NoNodeCanRun(why, hint="make the executor available on a node (for docker: start its engine)"
@@ -158,7 +203,20 @@ class Requester:
             free = (n.free.cpu - self._in_flight.get(n.id, 0.0)) / max(n.total.cpu, 1e-9)
             return (n.id in avoid, self._failures.get(n.id, 0), -free, n.id)
 
-        return [n.id for n in sorted(able, key=rank)]
+        return [n.id for n in sorted(live, key=rank)]
+
+    def _able(self, request: ShardRequest, selector: dict[str, str]) -> list[str]:
+        """Ids of the nodes (live or not) that could ever run shards like this one; kept per
+        kind of shard until a node joins or changes what it offers."""
+        r = request.resources
+        key = (request.transform.executor, tuple(sorted(selector.items())), r.cpu, r.memory, r.disk, r.gpu)
+        if self._able_roster != self._roster:
+            self._able_cache, self._able_roster = {}, self._roster
+        if key not in self._able_cache:
+            self._able_cache[key] = [n.id for n in self.nodes.values() if n.total.fits(r)
+                                     and request.transform.executor in n.executors
+                                     and all(n.labels.get(k) == v for k, v in selector.items())]
+        return self._able_cache[key]
 
     async def _bid(self, node: str, body: dict) -> p.Bid | None:
         try:
@@ -168,6 +226,11 @@ class Requester:
                 self._drop(None, f"a bid for node {node} from {reply.sender}")
                 return None
             return p.Bid.model_validate(reply.body).model_copy(update={"node": node})
+        except NoResponders as e:  # nobody serves its subject: gone until it announces again
+            log.info("no bid from %s: %s", node, e)
+            if not self.cut_off():
+                self._heard.pop(node, None)
+            return None
         except TransportError as e:
             log.info("no bid from %s: %s", node, e)
             return None
@@ -294,12 +357,54 @@ class Requester:
             self._failures[result.node] = self._failures.get(result.node, 0) + 1
         return result
 
+    async def follow(self, request: ShardRequest, node: str) -> ShardResult | None:
+        """Take over an attempt that an earlier process of this requester id placed on `node`
+        (`bflow resume`): its result, when the node offered it already or offers it while its
+        heartbeats keep the lease; None when the node is not heard about it for a lease (it
+        lost the attempt, or gave up offering its result): then it must run again. Only `node`
+        is heard about it, as for any attempt."""
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        lease = [time.monotonic() + self.lease_seconds]
+        self._waiting[request.attempt_id] = (future, lease)
+        self._accepted[request.attempt_id] = node
+        offered = self._unclaimed.pop(request.attempt_id, None)
+        if offered is not None and offered[0] == node:
+            future.set_result(offered[1].model_copy(update={"node": node}))
+        try:
+            while not future.done():
+                remaining = lease[0] - time.monotonic()
+                if remaining <= 0 and self.cut_off():
+                    lease[0] = time.monotonic() + self.lease_seconds
+                elif remaining <= 0:
+                    await self.cancel(node, request)  # in case it still runs: never two runs at once
+                    return None
+                else:
+                    await asyncio.wait([future], timeout=remaining)
+            result = await self._collect(future.result())
+        except asyncio.CancelledError:
+            await self.cancel(node, request)
+            raise
+        finally:
+            self._waiting.pop(request.attempt_id, None)
+            self._accepted.pop(request.attempt_id, None)
+        return result
+
     async def _for_other_machines(self, request: ShardRequest) -> ShardRequest:
         """The request as nodes that cannot see this disk need it: local inputs shipped as
         ipfs:// content, and the gateways that hold the blocks (this one first)."""
         shipped = await asyncio.to_thread(ship_local_inputs, request, self.store)
-        providers = [self.gateway] + sorted({n.gateway for n in self.live_nodes() if n.gateway} - {self.gateway})
-        return shipped.model_copy(update={"providers": providers})
+        return shipped.model_copy(update={"providers": self._providers(shipped)})
+
+    def _providers(self, request: ShardRequest) -> list[str]:
+        """Where a node finds the shard's ipfs:// blocks: this requester's gateway, which holds
+        what it shipped and the outputs it collected; only for content not held here (an ipfs://
+        CID another requester's job made) also the nodes' gateways, at most MAX_PROVIDERS, so
+        that a request does not grow with the network."""
+        roots = [ref.url[len("ipfs://"):].split("/", 1)[0] for ref in request.inputs if ref.url.startswith("ipfs://")]
+        if all(self.store.has(root) for root in roots):
+            return [self.gateway]
+        others = sorted({n.gateway for n in self.live_nodes() if n.gateway} - {self.gateway})
+        return [self.gateway] + others[:MAX_PROVIDERS - 1]
 
     def _not_sent(self, request: ShardRequest, error: BflowError) -> ShardResult:
         """A failed attempt for a shard that could not be sent (its inputs cannot be read)."""

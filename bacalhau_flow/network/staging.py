@@ -6,7 +6,8 @@ file's datum path is `/<basename>` (the same rule as planning).
 
 Two steps, each spread over a small pool of threads (PARALLEL_FETCHES): first every datum
 path is resolved to the files it holds (`InputRoot.subtree`: a directory datum is listed),
-then every file is fetched (`InputRoot.fetch`). Both retry transient errors by the rule of
+then every file is fetched (`InputRoot.fetch`). Local files are staged in the calling thread
+instead, one shard at a time per process (`_LOCAL_STAGING`), each copy created read-only. Both retry transient errors by the rule of
 plan/retries.py (3 attempts over HTTP and memory://; s3fs and botocore retry S3 themselves).
 The first failure stops the rest and becomes a StagingError naming the input and the path.
 Staged files and folders are made read-only; directory symlinks in a local input are not
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -43,6 +45,10 @@ from .messages import InputRef, ShardRequest
 T = TypeVar("T")
 
 PARALLEL_FETCHES = 8  # files of one shard fetched at the same time
+# Local files are staged by one shard at a time in a process: each copy is a few system calls,
+# each of which hands the GIL over; sixty shards copying at once spent more time passing it
+# around than copying (issue 13: ~100 futex calls per file). The kernel does the copy itself.
+_LOCAL_STAGING = threading.Lock()
 LOCAL_PROTOCOLS = (None, "file", "local")
 LOCAL_READERS = ("reference", "git", "dir")  # fsspec protocols that read local files by other names
 ALLOW_HINT = ("start the node with `bflow node --allow-path DIR` to let shards read local files under DIR, "
@@ -84,22 +90,28 @@ def stage_inputs(request: ShardRequest, inputs_dir: Path, store: ContentStore | 
         name: _guarded(refs[name], "/", lambda url=refs[name].url: open_input(url))
         for name, paths in wanted.items() if paths
     }
-    trees = _all([(refs[name], path, lambda n=name, p=path: roots[n].subtree(p)) for name, path in datums])
-    files: dict[Path, tuple[str, str]] = {}  # target -> (input name, path); once each
+    # Local files are staged in this thread: a pool of threads per shard cost more than the
+    # copies themselves, and the kernel does the copying (issue 13: staging was most of a shard)
+    local = all(root.is_local for root in roots.values())
+    trees = _all([(refs[name], path, lambda n=name, p=path: roots[n].subtree(p)) for name, path in datums],
+                 in_thread=local)
+    files: dict[str, tuple[str, str]] = {}  # target -> (input name, path); once each
+    base = os.fspath(inputs_dir)  # str paths: pathlib cost more than the copies of small files
     for (name, _), (dirs, paths) in zip(datums, trees):
         for d in dirs:
-            _target(inputs_dir, name, d).mkdir(parents=True, exist_ok=True)
+            os.makedirs(_target_str(base, name, d), exist_ok=True)
         for p in paths:
-            files.setdefault(_target(inputs_dir, name, p), (name, p))
-    for target in files:
-        target.parent.mkdir(parents=True, exist_ok=True)
+            files.setdefault(_target_str(base, name, p), (name, p))
+    for parent in {os.path.dirname(target) for target in files}:
+        os.makedirs(parent, exist_ok=True)
     if allow_paths is not None:  # a file symlink under an allowed folder must not lead out of them
         for name, path in files.values():
             if roots[name].is_local:
                 _check_allowed_path(refs[name], os.path.realpath(roots[name].fs_path(path)), allow_paths)
-    sizes = _all([(refs[name], path, lambda t=target, n=name, p=path: roots[n].fetch(p, t))
-                  for target, (name, path) in files.items()])
-    _make_read_only(inputs_dir)
+    sizes = _all([(refs[name], path, lambda t=target, n=name, p=path: roots[n].fetch(p, t, read_only=True))
+                  for target, (name, path) in files.items()], in_thread=local)
+    # fetched files are read-only already; pulled ones (exported from the store) are not
+    _make_read_only(inputs_dir, files=bool(store is not None and request.providers))
     return staged + sum(sizes)
 
 
@@ -175,11 +187,20 @@ def _target(inputs_dir: Path, name: str, path: str) -> Path:
     return inputs_dir / name / rel if rel else inputs_dir / name
 
 
-def _all(steps: list[tuple[InputRef, str, Callable[[], T]]]) -> list[T]:
+def _target_str(inputs_dir: str, name: str, path: str) -> str:
+    """`_target` as a str."""
+    rel = _checked(name, path).lstrip("/")
+    return f"{inputs_dir}/{name}/{rel}" if rel else f"{inputs_dir}/{name}"
+
+
+def _all(steps: list[tuple[InputRef, str, Callable[[], T]]], in_thread: bool = False) -> list[T]:
     """Run the steps, up to PARALLEL_FETCHES at a time; their results in order. A failure
     cancels the steps not yet started; once the running ones end, the first failure in the
     steps' order is raised as a StagingError (the same error for the same shard every time). A single step runs in this thread: most shards hold one file, and a pool
-    of threads per shard cost more than the copy."""
+    of threads per shard cost more than the copy; so do local files (`in_thread`)."""
+    if in_thread:
+        with _LOCAL_STAGING:
+            return [_guarded(ref, path, step) for ref, path, step in steps]
     if len(steps) <= 1:
         return [_guarded(ref, path, step) for ref, path, step in steps]
     with ThreadPoolExecutor(min(PARALLEL_FETCHES, len(steps)), thread_name_prefix="bflow-stage") as pool:
@@ -207,8 +228,9 @@ def _guarded(ref: InputRef, path: str, step: Callable[[], T]) -> T:
         raise StagingError(f"cannot stage input {ref.name!r} path {path} from {ref.url}: {e}") from e
 
 
-def _make_read_only(root: Path) -> None:
-    for dirpath, dirs, names in os.walk(root):
+def _make_read_only(root: Path, files: bool = True) -> None:
+    """Folders (and, with `files`, files) under `root` read-only; symlinks are left alone."""
+    for dirpath, dirs, names in os.walk(root) if files else ():
         for n in names:
             p = os.path.join(dirpath, n)
             if not os.path.islink(p):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from typing import NamedTuple
 
 # Mount and Datum are named tuples, not dataclasses: planning makes one per file (100,000
@@ -34,6 +35,9 @@ class Datum(NamedTuple):
 
     def to_json(self) -> dict[str, list[str]]:
         """`{"<input name>": ["/path", ...]}` as `bflow plan --json` prints it."""
+        if len(self.mounts) == 1:  # a single input's datum: most datums, made once per datum
+            (name, path), = self.mounts
+            return {name: [path]}
         out: dict[str, list[str]] = {}
         for m in self.mounts:
             out.setdefault(m.input, []).append(m.path)
@@ -50,17 +54,32 @@ class Shard:
     index: int
     datums: tuple[Datum, ...]
 
-    @property
+    @cached_property
     def id(self) -> str:
-        """Stable across runs: derived from the pipeline, input names and datum paths only."""
-        return shard_id(self.pipeline, self.datums)
+        """Stable across runs: derived from the pipeline, input names and datum paths only.
+        Computed once (a hash of all its datum paths, asked for at every step of a job)."""
+        return _id_of(self.pipeline, self.datums_json)
+
+    @cached_property
+    def datums_json(self) -> list[dict[str, list[str]]]:
+        """`[d.to_json() for d in datums]`, made once: what requests and the job store carry.
+        Treat it as read-only. Built with the cyclic collector paused, as planning builds its
+        datums (plan/datums.py `gc_paused`): these dicts and lists live as long as the job."""
+        from .datums import gc_paused
+
+        with gc_paused():
+            return [d.to_json() for d in self.datums]
 
     def to_json(self) -> dict:
         return {"index": self.index, "id": self.id, "datums": [d.to_json() for d in self.datums]}
 
 
 def shard_id(pipeline: str, datums: tuple[Datum, ...]) -> str:
-    body = json.dumps([pipeline, [d.to_json() for d in datums]], separators=(",", ":"), sort_keys=True)
+    return _id_of(pipeline, [d.to_json() for d in datums])
+
+
+def _id_of(pipeline: str, datums_json: list[dict[str, list[str]]]) -> str:
+    body = json.dumps([pipeline, datums_json], separators=(",", ":"), sort_keys=True)
     return "sh-" + hashlib.sha256(body.encode()).hexdigest()[:16]
 
 

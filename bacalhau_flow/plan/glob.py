@@ -250,12 +250,15 @@ def _is_lit(tokens: list[_Token], k: int, text: str) -> bool:
 class GlobPattern:
     """A compiled glob. `match(path, is_dir)` gives the capture groups, or None."""
 
-    __slots__ = ("pattern", "groups", "_file_re", "_dir_re", "_root_re")
+    __slots__ = ("pattern", "groups", "_file_re", "_dir_re", "_root_re", "_every_file", "_no_dir")
 
     def __init__(self, pattern: str, file_re: re.Pattern, dir_re: re.Pattern, root_re: re.Pattern):
         self.pattern = pattern  # the normalised pattern
         self.groups = file_re.groups  # how many capture groups it has
         self._file_re, self._dir_re, self._root_re = file_re, dir_re, root_re
+        # `/**`, the glob of "every file": `select` needs no regex then (issue 13)
+        self._every_file = file_re.pattern == "/.*"
+        self._no_dir = dir_re.pattern == "/" + _NEVER
 
     @property
     def regex(self) -> str:
@@ -282,6 +285,10 @@ class GlobPattern:
 
         Much faster than calling `match` per path when the captures are not needed.
         """
+        if is_dir and self._no_dir:
+            return []
+        if not is_dir and self._every_file:  # `/.*`: every path, as they all start with "/"
+            return list(paths)
         return list(filter((self._dir_re if is_dir else self._file_re).fullmatch, paths))
 
     def matches(self, path: str, is_dir: bool) -> bool:

@@ -51,7 +51,9 @@ import fsspec
 from fsspec.core import split_protocol, url_to_fs
 
 from ..errors import InputNotFound, InputUnreachable, PlanError
-from .retries import SELF_RETRYING, _call_async, attempts_for, with_retries
+from .local_files import copy_file as _copy_file
+from .local_files import scan_local as _scan_local
+from .retries import SELF_RETRYING, _call_async, _classify, attempts_for, with_retries
 from .retries import reason as _reason
 
 # ipfs:// reads this machine's content store first, then IPFS gateways through ipfsspec
@@ -144,14 +146,21 @@ class InputRoot:
             return self._subtree_http(path, source)
         return self._subtree_fsspec(path, source)
 
-    def fetch(self, path: str, target: str | os.PathLike) -> int:
+    def fetch(self, path: str, target: str | os.PathLike, *, read_only: bool = False) -> int:
         """Copy the file `path` to the local file `target` (its folder must exist); return its
-        size. Transient errors are retried; raises InputNotFound / InputUnreachable."""
+        size. `read_only`: the copy is left mode 0o444. Transient errors are retried; raises
+        InputNotFound / InputUnreachable."""
         source = self.fs_path(path)
-        where = self.url if path == "/" or self.is_file else _join_url(self.url, path)
         if self._kind == "local":
-            return with_retries(where, lambda: _copy_file(source, target), attempts=1)
+            try:  # local reads are not retried (attempts_for): only an error needs translating
+                return _copy_file(source, target, read_only)
+            except Exception as exc:  # noqa: BLE001 - translated by the rule of every other read
+                where = self.url if path == "/" or self.is_file else _join_url(self.url, path)
+                raise _classify(where, exc) from None
+        where = self.url if path == "/" or self.is_file else _join_url(self.url, path)
         with_retries(where, lambda: self.fs.get_file(source, os.fspath(target)), attempts=self.attempts)
+        if read_only:
+            os.chmod(target, 0o444)
         return os.path.getsize(target)
 
     def _subtree_local(self, path: str, source: str) -> tuple[list[str], list[str]]:
@@ -274,13 +283,6 @@ def _join_url(url: str, path: str) -> str:
     return url.rstrip("/") + path if path != "/" else url
 
 
-def _copy_file(source: str, target: str | os.PathLike) -> int:
-    import shutil
-
-    shutil.copyfile(source, target)
-    return os.path.getsize(target)
-
-
 # --- s3 --------------------------------------------------------------------------------------
 
 def _check_bucket(url: str, fs: Any, path: str) -> None:
@@ -306,45 +308,6 @@ def _open_local(url: str, fs: Any, path: str) -> InputRoot:
     if stat.S_ISDIR(st.st_mode):
         return InputRoot(url, fs, path, is_file=False, kind="local")
     return InputRoot(url, fs, path, is_file=True, size=st.st_size, kind="local")
-
-
-def _scan_local(url: str, root: str, *, with_sizes: bool) -> tuple[list[str], list[str], list[int]]:
-    """(dirs, files, file sizes) by os.scandir: directory symlinks are neither followed nor
-    listed; regular files and symlinks to them are files; the rest is skipped.
-    File sizes cost a stat per file, so they are only read `with_sizes`."""
-    dirs: list[str] = []
-    files: list[str] = []
-    sizes: list[int] = []
-    add_dir, add_file, add_size = dirs.append, files.append, sizes.append
-    stack = [(root, "")]
-    while stack:
-        directory, rel = stack.pop()
-        try:
-            it = os.scandir(directory)
-        except OSError as exc:
-            raise InputUnreachable(f"{url}: cannot list {rel or '/'} ({_reason(exc)})",
-                                   retryable=False) from None
-        prefix = rel + "/"
-        with it:
-            for e in it:
-                try:
-                    if e.is_file(follow_symlinks=False):  # the common case first
-                        follow = False
-                    elif e.is_dir(follow_symlinks=False):
-                        path = prefix + e.name
-                        add_dir(path)
-                        stack.append((e.path, path))
-                        continue
-                    elif e.is_symlink() and e.is_file():  # a link to a file: not a dir, not broken
-                        follow = True
-                    else:
-                        continue
-                    if with_sizes:
-                        add_size(e.stat(follow_symlinks=follow).st_size)
-                    add_file(prefix + e.name)
-                except FileNotFoundError:
-                    continue  # removed while we listed it
-    return dirs, files, sizes
 
 
 # --- http ------------------------------------------------------------------------------------

@@ -1,27 +1,24 @@
-"""The pipeline spec: YAML documents validated into pydantic models (PRODUCT.md section 1)."""
+"""The pipeline spec: YAML documents validated into pydantic models (PRODUCT.md section 1).
 
+The names below are imported when first used: a compute node reads only `spec.values`
+(sizes), and need not load YAML and the spec models to run shards."""
+
+from importlib import import_module
 from typing import Any
 
-from .loader import load_spec, load_spec_text
-from .models import Input, Output, Pipeline, Resources, Schedule, Transform
+_WHERE = {
+    "load_spec": ".loader", "load_spec_text": ".loader",
+    "Input": ".models", "Output": ".models", "Pipeline": ".models", "Resources": ".models",
+    "Schedule": ".models", "Transform": ".models",
+    "json_schema": ".schema",
+}
 
-__all__ = [
-    "Input",
-    "Output",
-    "Pipeline",
-    "Resources",
-    "Schedule",
-    "Transform",
-    "json_schema",
-    "load_spec",
-    "load_spec_text",
-]
+__all__ = sorted(_WHERE)
 
 
 def __getattr__(name: str) -> Any:
-    # `json_schema` is imported lazily so `python -m bacalhau_flow.spec.schema` runs cleanly.
-    if name == "json_schema":
-        from .schema import json_schema
-
-        return json_schema
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(_WHERE[name], __name__), name)
+    globals()[name] = value
+    return value

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union
 from urllib.parse import unquote, urlsplit
 
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, ValidationInfo,
-                      field_validator, model_validator)
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, PrivateAttr, Tag,
+                      ValidationInfo, WithJsonSchema, field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
 from .values import Command, Cpu, Duration, GlobStr, Size, StrMap, compiled_glob, excerpt, no_default
@@ -49,6 +49,23 @@ def _file_url_path(url: str) -> str:
     return unquote(parts.netloc) + path
 
 
+def _batch_size(value: Any) -> Any:
+    """A whole number of datums per shard, 1 or more, or `auto` (plan/batching.py decides)."""
+    if value == "auto":
+        return value
+    if isinstance(value, bool) or not isinstance(value, int):
+        shown = excerpt(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) \
+            else repr(value)
+        raise ValueError(f"expected a number of datums per shard (1 or more) or auto, got {shown}")
+    if value < 1:
+        raise ValueError(f"must be 1 or more (or auto), got {value}")
+    return value
+
+
+BatchSize = Annotated[Union[int, Literal["auto"]], BeforeValidator(_batch_size),
+                      WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 1}, {"const": "auto"}]})]
+
+
 # --- the models ---------------------------------------------------------------------------
 
 
@@ -63,7 +80,8 @@ class Input(_Model):
     glob: str = Field("/", description="Which files or directories are datums (section 3).")
     exclude: list[GlobStr] = Field(default_factory=list,
                                    description="Datums matching any of these globs are dropped.")
-    batch_size: int = Field(1, ge=1, strict=True, description="Datums per shard (top-level input only).")
+    batch_size: BatchSize = Field(1, description="Datums per shard (top-level input only), or auto: "
+                                                    "chosen from the datums and the nodes (section 3).")
     join_on: str | None = Field(None, description="Members of a join only: the key, from the glob's "
                                                   "( ) groups, e.g. '$1' or '$1-$2'.")
     outer_join: bool = Field(False, strict=True, description="Members of a join only: keep this input's "
@@ -153,7 +171,8 @@ class _Combined(_Model):
     """An input combining other inputs (Pachyderm's input combinators)."""
 
     keyword: ClassVar[str] = ""  # the YAML key holding the members
-    batch_size: int = Field(1, ge=1, strict=True, description="Datums per shard (top-level input only).")
+    batch_size: BatchSize = Field(1, description="Datums per shard (top-level input only), or auto: "
+                                                    "chosen from the datums and the nodes (section 3).")
 
     @property
     def members(self) -> list[InputNode]:

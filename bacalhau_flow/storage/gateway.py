@@ -18,6 +18,10 @@ changes). 400: not a CID, or an unknown format or scope. 404: a CID, path or blo
 lacks; the DAG's blocks are checked before the first byte goes out, so a 200 is complete. A
 block found corrupt while streaming aborts the connection (the client sees a short body,
 never wrong bytes). Blocks are read in a thread, so the event loop keeps serving.
+
+One gateway may serve the stores of several nodes of one process (a devstack process of
+thousands of nodes has one server, not thousands): `Gateway(None, stores={...})` answers
+`/n/<node id>/ipfs/...` from that node's store, and `url_for(node_id)` is that node's base URL.
 """
 
 from __future__ import annotations
@@ -56,9 +60,10 @@ class Gateway:
     on 0.0.0.0, or behind NAT); by default the listening address, or for 0.0.0.0 this
     machine's name."""
 
-    def __init__(self, store: ContentStore, host: str = "127.0.0.1", port: int = 0,
-                 advertise: str | None = None):
+    def __init__(self, store: ContentStore | None, host: str = "127.0.0.1", port: int = 0,
+                 advertise: str | None = None, stores: dict[str, ContentStore] | None = None):
         self.store = store
+        self.stores = stores  # node id -> its store, served under /n/<node id>/
         self.host = host
         self.port = port
         self.advertise = advertise
@@ -66,7 +71,7 @@ class Gateway:
         self.url: str | None = None
 
     async def start(self) -> str:
-        self._runner = web.AppRunner(make_app(self.store), access_log=None)
+        self._runner = web.AppRunner(make_app(self.store, self.stores), access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         try:
@@ -80,21 +85,25 @@ class Gateway:
         self.url = f"http://{'[' + host + ']' if ':' in host else host}:{self.port}"
         return self.url
 
+    def url_for(self, node_id: str) -> str:
+        """The base URL of one node's store on a gateway of several (`stores`)."""
+        return f"{self.url}/n/{node_id}"
+
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
 
 
-def gateway_for(store: ContentStore, transport, host: str | None = None, port: int = 0,
-                advertise: str | None = None) -> Gateway:
+def gateway_for(store: ContentStore | None, transport, host: str | None = None, port: int = 0,
+                advertise: str | None = None, stores: dict[str, ContentStore] | None = None) -> Gateway:
     """The gateway beside a node or requester on `transport`'s network. By default it listens
     on, and advertises, the local address of the connection to the network: 127.0.0.1 on a
     loopback network, the interface that reaches the nats-server on a real one. `host` sets
     where it listens (0.0.0.0: everywhere), `advertise` the host others are told."""
     local = transport.local_host() or "127.0.0.1"
     bind = host or local
-    return Gateway(store, bind, port, advertise or (local if bind in ("0.0.0.0", "::", "") else None))
+    return Gateway(store, bind, port, advertise or (local if bind in ("0.0.0.0", "::", "") else None), stores)
 
 
 def _public_host() -> str:
@@ -104,20 +113,28 @@ def _public_host() -> str:
 
 
 STORE = web.AppKey("store", ContentStore)
+STORES = web.AppKey("stores", dict)
 
 
-def make_app(store: ContentStore) -> web.Application:
+def make_app(store: ContentStore | None, stores: dict[str, ContentStore] | None = None) -> web.Application:
     app = web.Application()
-    app[STORE] = store
-    app.router.add_get("/ipfs/{path:.+}", _handle)  # HEAD too (allow_head)
+    if store is not None:
+        app[STORE] = store
+        app.router.add_get("/ipfs/{path:.+}", _handle)  # HEAD too (allow_head)
+    if stores is not None:
+        app[STORES] = stores
+        app.router.add_get("/n/{node}/ipfs/{path:.+}", _handle)
     return app
 
 
 # ------------------------------------------------------------------------------- request
 
 async def _handle(request: web.Request) -> web.StreamResponse:
-    store = request.app[STORE]
+    node_id = request.match_info.get("node")
+    store = request.app[STORE] if node_id is None else request.app[STORES].get(node_id)
     path = request.match_info["path"]
+    if store is None:
+        raise web.HTTPNotFound(text=f"no node {node_id} here\n")
     try:
         fmt, scope = _format(request)
         cid_text = path.split("/", 1)[0]

@@ -127,6 +127,23 @@ class ContentStore:
                     found.append((prefix + name, unixfs.cid_to_str(child), size))
         yield from sorted(found)
 
+    def file_refs(self, cid: str) -> list[tuple[str, unixfs.DagRef]]:
+        """(relative path, DagRef) of every file in a tree, sorted by path: each file's DAG as
+        its parent directory links it (CID, Tsize, size), so a new directory can link the same
+        DAG without reading it (jobs/results.py merges outputs so). Only directory blocks and
+        the root blocks of files of more than one chunk are read. Empty directories yield nothing."""
+        found: list[tuple[str, unixfs.DagRef]] = []
+        stack = [("", self._parse(cid))]
+        while stack:
+            prefix, binary = stack.pop()
+            for name, child, tsize, size, is_dir in self._links(binary, cid):
+                if is_dir:
+                    stack.append((prefix + name + "/", child))
+                else:
+                    found.append((prefix + name, unixfs.DagRef(child, tsize, size)))
+        found.sort(key=lambda entry: entry[0])
+        return found
+
     def blocks_of(self, cid: str) -> Iterator[str]:
         """Every distinct block CID of a DAG, parents before children. Raw leaves are listed
         without being read, so they need not be in the store (a missing directory or file
@@ -220,11 +237,16 @@ class ContentStore:
 
     def _entries(self, binary: bytes, cid: str) -> list[tuple[str, bytes, int, bool]]:
         """(name, child CID, size, is_dir) of each entry of directory `binary`."""
+        return [(name, child, size, is_dir) for name, child, _tsize, size, is_dir in self._links(binary, cid)]
+
+    def _links(self, binary: bytes, cid: str) -> list[tuple[str, bytes, int, int, bool]]:
+        """(name, child CID, Tsize, size, is_dir) of each entry of directory `binary`; a link
+        without a Tsize gets the one computed from the child's blocks."""
         node, data = self._decode(binary) if unixfs.cid_codec(binary) == DAG_PB else (None, None)
         if node is None or data is None or data.type != TYPE_DIRECTORY:
             self._kind(binary, cid)  # the precise error for a HAMT or a non-UnixFS node
             raise ContentError(f"{cid} is a file, not a directory", hint="use cat or export for a file")
-        entries: list[tuple[str, bytes, int, bool]] = []
+        entries: list[tuple[str, bytes, int, int, bool]] = []
         names: set[str] = set()
         for link in node.links:
             name = os.fsdecode(link.name or b"")
@@ -233,8 +255,18 @@ class ContentStore:
             names.add(name)
             child = self._link(link, binary)
             is_dir, size = self._kind(child, unixfs.cid_to_str(child), link.tsize)
-            entries.append((name, child, size, is_dir))
+            tsize = link.tsize if link.tsize is not None else self._tsize(child)
+            entries.append((name, child, tsize, size, is_dir))
         return entries
+
+    def _tsize(self, binary: bytes) -> int:
+        """The cumulative serialized size of a DAG (what a link's Tsize holds), from its blocks."""
+        if unixfs.cid_codec(binary) != DAG_PB:
+            return len(self._get(binary))
+        block = self._get(binary)
+        node = self._decode(binary)[0]
+        return len(block) + sum(link.tsize if link.tsize is not None else self._tsize(self._link(link, binary))
+                                for link in node.links)
 
     def _decode(self, binary: bytes) -> tuple[unixfs.PBNode, unixfs.UnixFSData | None]:
         block = self._get(binary)

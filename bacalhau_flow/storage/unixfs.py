@@ -379,19 +379,34 @@ def import_file(stream: BinaryIO, sink: Sink | None = None, *, chunk_size: int =
     if chunk_size < 1 or max_links < 2:
         raise ValueError("chunk_size must be >= 1 and max_links >= 2")
     layout = _BalancedLayout(sink, max_links, cid_version)
-    buf = memoryview(bytearray(chunk_size))
-    first = True
+    head = _read_head(stream, chunk_size)
+    layout.add(_leaf(memoryview(head), sink, raw_leaves, cid_version))
+    if len(head) < chunk_size:  # most files: one chunk, read without the reused buffer below
+        root = layout.finish()
+        assert root is not None
+        return root
+    buf = memoryview(bytearray(chunk_size))  # zeroing it cost more than hashing a small file
     while True:
         n = _read_full(stream, buf)
-        if n == 0 and not first:
+        if n == 0:
             break
-        first = False
         layout.add(_leaf(buf[:n], sink, raw_leaves, cid_version))
         if n < chunk_size:
             break
     root = layout.finish()
     assert root is not None
     return root
+
+
+def _read_head(stream: BinaryIO, size: int) -> bytes:
+    """The first `size` bytes of `stream`, fewer only at its end."""
+    head = stream.read(size) or b""
+    while len(head) < size:
+        more = stream.read(size - len(head))
+        if not more:
+            break
+        head += more
+    return head
 
 
 def _leaf(chunk: memoryview, sink: Sink | None, raw_leaves: bool, cid_version: int) -> DagRef:

@@ -2,6 +2,8 @@
 docker shard fails naming the engine, in `bflow run`'s summary and in `bflow logs`."""
 
 import json
+import subprocess
+import sys
 
 from cli_helpers import bflow, bflow_process, write_spec
 
@@ -12,6 +14,7 @@ def test_a_node_announces_why_it_cannot_offer_docker(tmp_path, monkeypatch):
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
     monkeypatch.setattr("bacalhau_flow.executors.docker._engine", None)  # no client made earlier
     monkeypatch.setattr("bacalhau_flow.executors.docker._engine_failure", None)
+    monkeypatch.setattr("bacalhau_flow.executors.docker._engine_checked", None)
     offered, unavailable = offered_executors(["local", "docker"])
     assert offered == ["local"]
     assert unavailable == {"docker": f"cannot reach the Docker engine at unix://{tmp_path}/no-engine.sock: "
@@ -34,3 +37,15 @@ def test_a_docker_shard_with_no_engine_anywhere_fails_naming_the_engine(tmp_path
     assert b"Traceback" not in err
     logs = bflow("logs", job["id"])
     assert why in logs.stderr and "hint:" in logs.stderr
+
+
+def test_an_answering_engine_is_offered_without_importing_the_docker_sdk():
+    """An idle node asks the engine with a bare ping; the SDK (~15 MB) waits for a shard."""
+    from bacalhau_flow.testing.docker_image import ensure_test_image
+
+    ensure_test_image()  # skips without an engine (fails in CI)
+    script = ("import sys\nfrom bacalhau_flow.network.node import offered_executors\n"
+              "print(offered_executors(['docker']), 'docker' in sys.modules)\n")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "(['docker'], {}) False"
