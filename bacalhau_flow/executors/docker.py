@@ -144,16 +144,13 @@ def check_engine() -> None:
     with _engine_lock:
         if _engine_checked == os.getpid() or (_engine is not None and _engine[0] == os.getpid()):
             return
-        failure = _engine_failure
-        if failure and failure[0] == os.getpid() and time.monotonic() - failure[1] < ENGINE_FAILURE_MEMORY_SECONDS:
-            raise failure[2]
+        _raise_remembered_failure()
         path = _unix_socket_path()
-        why = _unix_socket_unanswered(path) if path else None
-        if why is not None:
-            error = ExecutorError(f"cannot reach the Docker engine at {engine_url()}: {why}", hint=NO_ENGINE_HINT)
-            _engine_failure = (os.getpid(), time.monotonic(), error)
-            raise error
         if path:
+            why = _unix_socket_unanswered(path)
+            if why is not None:
+                _engine_failure = (os.getpid(), time.monotonic(), _unreachable(why))
+                raise _engine_failure[2]
             _engine_checked = os.getpid()
             return
     engine()  # TCP or SSH: the SDK asks
@@ -166,9 +163,7 @@ def engine():
     with _engine_lock:
         if _engine is not None and _engine[0] == os.getpid():
             return _engine[1]
-        failure = _engine_failure
-        if failure and failure[0] == os.getpid() and time.monotonic() - failure[1] < ENGINE_FAILURE_MEMORY_SECONDS:
-            raise failure[2]
+        _raise_remembered_failure()
         try:
             client = _connect()
         except ExecutorError as e:
@@ -178,11 +173,22 @@ def engine():
         return client
 
 
+def _raise_remembered_failure() -> None:
+    """Raise the last failure to reach the engine, if this process had one a moment ago."""
+    failure = _engine_failure
+    if failure and failure[0] == os.getpid() and time.monotonic() - failure[1] < ENGINE_FAILURE_MEMORY_SECONDS:
+        raise failure[2]
+
+
+def _unreachable(why: object) -> ExecutorError:
+    return ExecutorError(f"cannot reach the Docker engine at {engine_url()}: {why}", hint=NO_ENGINE_HINT)
+
+
 def _connect():
     """A Docker client whose engine answered a ping. Raises ExecutorError when none answers."""
     path = _unix_socket_path()
     if path and (why := _unix_socket_unanswered(path)) is not None:
-        raise ExecutorError(f"cannot reach the Docker engine at {engine_url()}: {why}", hint=NO_ENGINE_HINT)
+        raise _unreachable(why)
     import docker
     import requests
 
@@ -190,7 +196,7 @@ def _connect():
         client = docker.from_env(max_pool_size=POOL_SIZE)
         client.ping()
     except (docker.errors.DockerException, requests.RequestException) as e:
-        raise ExecutorError(f"cannot reach the Docker engine at {engine_url()}: {e}", hint=NO_ENGINE_HINT) from e
+        raise _unreachable(e) from e
     return client
 
 

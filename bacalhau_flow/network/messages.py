@@ -55,6 +55,10 @@ class ShardRequest(BaseModel):
     def attempt_id(self) -> str:
         return f"{self.job_id}/{self.shard_index}/{self.attempt}"
 
+    def ipfs_roots(self) -> list[str]:
+        """The root CIDs of its ipfs:// inputs (without their paths)."""
+        return [ref.url[len("ipfs://"):].split("/", 1)[0] for ref in self.inputs if ref.url.startswith("ipfs://")]
+
 
 ShardState = Literal["completed", "failed", "cancelled"]
 

@@ -253,7 +253,7 @@ class ComputeNode:
 
     # -- running ----------------------------------------------------------------
     async def _execute(self, request: ShardRequest, requester: str, secrets: dict) -> None:
-        inputs = [ref.url[len("ipfs://"):].split("/", 1)[0] for ref in request.inputs if ref.url.startswith("ipfs://")]
+        inputs = request.ipfs_roots()
         self._pin(inputs)
         try:
             opened = self._open_secrets(secrets)

@@ -400,8 +400,7 @@ class Requester:
         what it shipped and the outputs it collected; only for content not held here (an ipfs://
         CID another requester's job made) also the nodes' gateways, at most MAX_PROVIDERS, so
         that a request does not grow with the network."""
-        roots = [ref.url[len("ipfs://"):].split("/", 1)[0] for ref in request.inputs if ref.url.startswith("ipfs://")]
-        if all(self.store.has(root) for root in roots):
+        if all(self.store.has(root) for root in request.ipfs_roots()):
             return [self.gateway]
         others = sorted({n.gateway for n in self.live_nodes() if n.gateway} - {self.gateway})
         return [self.gateway] + others[:MAX_PROVIDERS - 1]
