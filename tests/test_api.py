@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -42,6 +43,19 @@ def _flow_run_named(name: str):
     return flow_run, parent
 
 
+def _task_runs_of(flow_run_id):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    deadline = time.monotonic() + 30  # task runs reach the API as events: a moment later
+    with get_client(sync_client=True) as client:
+        while True:
+            found = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            if found or time.monotonic() > deadline:
+                return found
+            time.sleep(0.2)
+
+
 def test_importing_the_package_imports_no_prefect():
     code = "import sys, bacalhau_flow; assert 'prefect' not in sys.modules; print(bacalhau_flow.__version__)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -61,9 +75,11 @@ def test_run_inside_a_user_flow_is_a_subflow_and_returns_the_completed_job(tmp_p
 
     @flow
     def mine():
+        from prefect import tags
         from prefect.runtime import flow_run
 
-        return run(spec), flow_run.id
+        with tags("team-a"):  # the caller's tags reach the shards' task runs, bflow's own do not
+            return run(spec), flow_run.id
 
     job, my_flow_run_id = mine()
     assert job.state == "completed" and job.cid and [s.state for s in job.shards] == ["completed"]
@@ -71,6 +87,9 @@ def test_run_inside_a_user_flow_is_a_subflow_and_returns_the_completed_job(tmp_p
     assert flow_run.parent_task_run_id is not None  # a subflow ...
     assert str(parent.flow_run_id) == str(my_flow_run_id)  # ... of the user's flow
     assert flow_run.state.is_completed()
+    assert {"team-a", "bflow"} <= set(flow_run.tags)
+    (shard,) = _task_runs_of(flow_run.id)
+    assert set(shard.tags) == {"team-a"}, shard.tags
 
 
 def test_a_failed_job_raises_job_failed_and_fails_the_user_flow(tmp_path):

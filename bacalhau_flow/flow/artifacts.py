@@ -37,11 +37,11 @@ def gateway_url() -> str | None:
 
 def first_line(content: ContentStore, cid: str | None, limit: int = STDERR_HEAD) -> str:
     """The first non-empty line within the first `limit` bytes of file `cid` ("" if none)."""
-    if not cid:
-        return ""
     from ..errors import BflowError
     from ..storage import dag, unixfs
 
+    if not cid or cid == unixfs.empty_file_cid():
+        return ""
     try:
         head = b"".join(dag.read_range(content, unixfs.parse_cid(cid), 0, limit))
     except (BflowError, OSError, ValueError):

@@ -34,7 +34,7 @@ from functools import partial
 
 from prefect import Flow, get_run_logger, tags, task
 from prefect.cache_policies import NO_CACHE
-from prefect.context import FlowRunContext
+from prefect.context import FlowRunContext, TagsContext
 from prefect.exceptions import TerminationSignal
 from prefect.states import Cancelled, Completed, Failed
 
@@ -135,10 +135,11 @@ def _run_to_end(coroutine):
 
 class JobFlow(Flow):
     """A job's (async) flow, called like a sync one: each call runs its flow run to the end,
-    with the tags `run_tags`, and raises KeyboardInterrupt when Ctrl-C stopped the job (its
+    with the tags `run_tags` (its shards' task runs only with the caller's), and raises KeyboardInterrupt when Ctrl-C stopped the job (its
     flow run ended Cancelled first)."""
 
     run_tags: tuple[str, ...] = ()
+    outer_tags: frozenset[str] = frozenset()  # the caller's tags: its shards' task runs have these
     job_run: JobRun | None = None
 
     def serialize_parameters(self, parameters: dict) -> dict:
@@ -150,6 +151,7 @@ class JobFlow(Flow):
 
     def __call__(self, *args, **kwargs):
         nested = FlowRunContext.get() is not None  # a parent flow run's engine handles SIGTERM
+        self.outer_tags = frozenset(TagsContext.get().current_tags)
         try:
             with tags(*self.run_tags):
                 outcome = _run_to_end(super().__call__(*args, **kwargs))
@@ -187,7 +189,10 @@ def compile_flow(run: JobRun, network: str | None = None, nodes: int = 3, run_na
         try:
             if interrupt.requested():  # Ctrl-C came while this flow started: dispatch nothing
                 stop_job(run.job.id, "cancelled by the user", interrupted=True)
-            futures = shard_task.map(index=run.pending) if run.pending else []
+            # bflow's own tags are the flow run's alone: each tag of a task run costs it a
+            # concurrency-limit call to the API (prefect/task_engine.py), one per shard
+            with TagsContext(current_tags=set(job_flow.outer_tags)):
+                futures = shard_task.map(index=run.pending) if run.pending else []
             await _all_ended(futures)
         except asyncio.CancelledError:  # Ctrl-C: stop as Cancel does, end Cancelled, then re-raise (JobFlow)
             asyncio.current_task().uncancel()

@@ -31,10 +31,10 @@ MESSAGE_LINE = 300  # characters of stderr in a state message
 def tail(content: ContentStore, cid: str | None, lines: int = TAIL_LINES, limit: int = TAIL_BYTES) -> str:
     """The last `lines` lines of the file `cid` within its last `limit` bytes ("" when there
     is none, or it cannot be read here)."""
-    if not cid:
-        return ""
     from ..storage import dag, unixfs
 
+    if not cid or cid == unixfs.empty_file_cid():
+        return ""
     try:
         binary = unixfs.parse_cid(cid)
         size = dag.stat(content, binary).size

@@ -33,6 +33,7 @@ import os
 import stat
 from base64 import b32decode, b32encode
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator, Union
 
@@ -109,8 +110,18 @@ class TreeImport:
 # ---------------------------------------------------------------- CIDs
 
 
+# A shard's few CIDs are parsed and printed some twenty times each on its way through the
+# requester, the node and the content store (profiled): both are remembered, CIDs never change.
+CID_CACHE = 4096
+
+
 def cid_to_str(cid: bytes) -> str:
     """Format a binary CID: base32 multibase for CIDv1, base58btc (`Qm...`) for CIDv0."""
+    return _cid_to_str(cid if type(cid) is bytes else bytes(cid))
+
+
+@lru_cache(maxsize=CID_CACHE)
+def _cid_to_str(cid: bytes) -> str:
     if cid[:1] == b"\x01":
         return "b" + b32encode(cid).decode("ascii").lower().rstrip("=")
     return str(CID.decode(cid))
@@ -121,6 +132,13 @@ def parse_cid(text: str) -> bytes:
 
     CIDv0 `Qm...` becomes the equivalent CIDv1 dag-pb. Raises ContentError if it is not a CID.
     """
+    if not isinstance(text, str):
+        raise ContentError(f"not a valid CID: {text!r}")
+    return _parse_cid(text)
+
+
+@lru_cache(maxsize=CID_CACHE)
+def _parse_cid(text: str) -> bytes:
     try:
         if text[:1] == "b" and text.isascii():  # fast path for the canonical form
             body = text[1:].upper()
@@ -425,6 +443,12 @@ def _leaf(chunk: memoryview, sink: Sink | None, raw_leaves: bool, cid_version: i
 def bytes_cid(data: bytes, **options) -> str:
     """CID of a file with these bytes (a raw leaf CID when it fits in one chunk)."""
     return import_file(io.BytesIO(data), **options).cid_str
+
+
+@lru_cache(maxsize=1)
+def empty_file_cid() -> str:
+    """The CID of an empty file as a content store keeps it: most shards' stdout or stderr."""
+    return bytes_cid(b"")
 
 
 def file_cid(path: str | os.PathLike, **options) -> str:

@@ -87,6 +87,8 @@ transform:
     assert flow_run["parameters"] == {"spec": str(spec), "pipeline": name, "network": None}
     assert {"bflow", name} <= set(flow_run["tags"])
     runs = task_runs_of(flow_run["id"], 2)
+    # bflow's tags stay on the flow run: on a task run each tag costs a concurrency-limit call
+    assert all("bflow" not in run["tags"] for run in runs.values()), runs
 
     failed = runs["shard-1"]
     assert failed["state"]["type"] == "FAILED" and failed["run_count"] == 2  # retries: 1 still retries
