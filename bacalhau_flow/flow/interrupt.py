@@ -38,6 +38,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 GRACE_SECONDS = 2.5  # first Ctrl-C -> at most this long to end cleanly (the bound users see is 3 s)
+LEAVE_BOUND_SECONDS = 2.0  # what leave_now may take at most, to say why and leave the job store right
 EXIT_STATUS = 130
 
 _lock = threading.RLock()
@@ -138,6 +139,9 @@ def leave_now(why: str) -> None:
         time.sleep(5)  # another thread is leaving; it ends the process
         os._exit(EXIT_STATUS)
     _leaving.set()
+    # whatever below blocks (a locked job store, a gone API), the process ends within seconds
+    threading.Thread(target=lambda: (time.sleep(LEAVE_BOUND_SECONDS), os._exit(EXIT_STATUS)),
+                     name="bflow-leaving", daemon=True).start()
     ids: list[str] = list(_stopped)
     flow_runs: list[str] = []
     try:
