@@ -4,7 +4,10 @@ The node id derives from the public key, so nobody can claim an id without holdi
 key: `n-` and the first 16 characters of the lowercase, unpadded base32 of
 sha256(raw public key). Ids are letters, digits and one hyphen, safe as a subject word.
 
-Keys and signatures travel as urlsafe base64 of their raw bytes.
+Keys and signatures travel as urlsafe base64 of their raw bytes. Key files are PKCS#8 PEM
+(what OpenSSL and `cryptography` write for ed25519), read and written here without the
+`cryptography` package (7 MB of every node's memory); it is imported only for a PEM of
+another shape.
 """
 
 from __future__ import annotations
@@ -17,8 +20,6 @@ from pathlib import Path
 
 from functools import lru_cache
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
@@ -26,6 +27,11 @@ from ..errors import BflowError
 
 _PUBLIC_KEY_LEN = 32
 _SIGNATURE_LEN = 64
+_SEED_LEN = 32
+# The DER of a PKCS#8 ed25519 private key, up to its 32-byte seed (RFC 8410, section 7):
+# SEQUENCE { INTEGER 0, SEQUENCE { OID 1.3.101.112 }, OCTET STRING { OCTET STRING seed } }.
+_PKCS8_PREFIX = bytes.fromhex("302e020100300506032b657004220420")
+_PEM_LABEL = "PRIVATE KEY"
 
 
 def _b64(data: bytes) -> str:
@@ -76,21 +82,19 @@ def _verify_key(raw: bytes) -> VerifyKey:
 
 
 class Identity:
-    """One node's ed25519 private key, its public key and its node id."""
+    """One node's ed25519 private key (its 32-byte seed), its public key and its node id."""
 
-    def __init__(self, private_key: Ed25519PrivateKey):
-        self._key = private_key  # kept for PEM files; signing goes through libsodium
-        seed = private_key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                                         serialization.NoEncryption())
-        self._signer = SigningKey(seed)
-        raw = private_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        self.public_key_b64 = _b64(raw)
+    def __init__(self, seed: bytes):
+        if len(seed) != _SEED_LEN:
+            raise ValueError(f"an ed25519 seed has {_SEED_LEN} bytes, not {len(seed)}")
+        self._signer = SigningKey(bytes(seed))
+        self.public_key_b64 = _b64(self._signer.verify_key.encode())
         self.node_id = node_id_for(self.public_key_b64)
 
     @classmethod
     def generate(cls) -> "Identity":
         """A fresh identity that lives only in memory."""
-        return cls(Ed25519PrivateKey.generate())
+        return cls(os.urandom(_SEED_LEN))
 
     @classmethod
     def load_or_create(cls, path: Path) -> "Identity":
@@ -122,24 +126,18 @@ class Identity:
             data = path.read_bytes()
         except OSError as e:
             raise BflowError(f"cannot read the node key {path}: {e.strerror or e}", hint=hint) from e
-        try:
-            if data.lstrip().startswith(b"-----BEGIN"):
-                key = serialization.load_pem_private_key(data, password=None)
-            elif len(data) == 32:
-                key = Ed25519PrivateKey.from_private_bytes(data)
-            else:
-                key = None
-        except (ValueError, TypeError):
-            key = None  # corrupt, encrypted or unsupported PEM
-        if not isinstance(key, Ed25519PrivateKey):
+        if data.lstrip().startswith(b"-----BEGIN"):
+            seed = _seed_of_pem(data)
+        else:
+            seed = data if len(data) == _SEED_LEN else None
+        if seed is None:
             raise BflowError(f"the node key {path} is not an ed25519 private key", hint=hint)
-        return cls(key)
+        return cls(seed)
 
     def private_pem(self) -> bytes:
         """The private key as unencrypted PKCS#8 PEM (what `load_or_create` writes)."""
-        return self._key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        body = base64.encodebytes(_PKCS8_PREFIX + bytes(self._signer)).decode("ascii")
+        return f"-----BEGIN {_PEM_LABEL}-----\n{body}-----END {_PEM_LABEL}-----\n".encode("ascii")
 
     @property
     def signing_key(self) -> SigningKey:
@@ -152,3 +150,31 @@ class Identity:
 
     def __repr__(self) -> str:
         return f"Identity({self.node_id})"
+
+
+def _seed_of_pem(data: bytes) -> bytes | None:
+    """The seed of an unencrypted ed25519 private key in PEM, or None for anything else."""
+    lines = data.decode("ascii", "replace").strip().splitlines()
+    if len(lines) >= 3 and lines[0] == f"-----BEGIN {_PEM_LABEL}-----" and lines[-1] == f"-----END {_PEM_LABEL}-----":
+        try:
+            der = base64.b64decode("".join(lines[1:-1]), validate=True)
+        except (binascii.Error, ValueError):
+            return None
+        if der.startswith(_PKCS8_PREFIX) and len(der) == len(_PKCS8_PREFIX) + _SEED_LEN:
+            return der[len(_PKCS8_PREFIX):]
+    return _seed_of_other_pem(data)
+
+
+def _seed_of_other_pem(data: bytes) -> bytes | None:
+    """PEM forms this module does not parse itself (PKCS#8 v2 with the public key, say)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError):
+        return None  # corrupt, encrypted or unsupported PEM
+    if not isinstance(key, Ed25519PrivateKey):
+        return None
+    return key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                             serialization.NoEncryption())

@@ -1,5 +1,6 @@
 """Node identity: an ed25519 key on disk, an id derived from it, signatures."""
 
+import base64
 import re
 import stat
 
@@ -21,12 +22,43 @@ def test_load_or_create_persists_the_key_with_mode_0600(tmp_path):
     assert again.public_key_b64 == first.public_key_b64
 
 
+def _raw_seed(key) -> bytes:
+    raw = serialization.Encoding.Raw
+    return key.private_bytes(raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+
+
 def test_a_raw_32_byte_seed_is_a_key_file(tmp_path):
     key = Ed25519PrivateKey.generate()
     path = tmp_path / "raw.key"
-    raw = serialization.Encoding.Raw
-    path.write_bytes(key.private_bytes(raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()))
-    assert Identity.load_or_create(path).node_id == Identity(key).node_id
+    path.write_bytes(_raw_seed(key))
+    assert Identity.load_or_create(path).node_id == Identity(_raw_seed(key)).node_id
+
+
+def test_key_files_are_pkcs8_pem_that_openssl_tools_read_and_write(tmp_path):
+    """The PEM is written and read without `cryptography`; `cryptography` agrees with it."""
+    ours = Identity.generate()
+    theirs = serialization.load_pem_private_key(ours.private_pem(), password=None)
+    assert isinstance(theirs, Ed25519PrivateKey)
+    public = theirs.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    assert node_id_for(base64.urlsafe_b64encode(public).decode()) == ours.node_id
+
+    key = Ed25519PrivateKey.generate()
+    path = tmp_path / "openssl.key"
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    loaded = Identity.load_or_create(path)
+    assert loaded.node_id == Identity(_raw_seed(key)).node_id
+    assert loaded.private_pem() == path.read_bytes()
+
+
+def test_a_pem_of_another_key_type_is_refused_with_a_hint(tmp_path):
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    path = tmp_path / "ec.key"
+    path.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    with pytest.raises(BflowError, match="not an ed25519 private key"):
+        Identity.load_or_create(path)
 
 
 BAD_PEM = b"-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n"

@@ -145,6 +145,40 @@ def test_server_restart_same_transports_work_again_within_seconds(nats_server_mo
         server.stop()
 
 
+def test_a_websocket_client_talks_to_a_tcp_client(nats_server_mod, nats_transport_cls):
+    """nats-py is imported without aiohttp (memory of an idle node); a ws:// server hands it
+    aiohttp when the transport opens."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        ws_port = s.getsockname()[1]
+    server = nats_server_mod.NatsServer(config=f"websocket {{ host: 127.0.0.1, port: {ws_port}, no_tls: true }}").start()
+    try:
+        async def main():
+            tcp, ws = nats_transport_cls(server.url), nats_transport_cls(f"ws://127.0.0.1:{ws_port}")
+            await tcp.connect()
+            await ws.connect()
+            await tcp.subscribe("bflow.node.a.run", Inbox(answer))
+            reply = await wait_until_answered(ws, "bflow.node.a.run")
+            assert reply.body == {"x": 1}
+            await tcp.close()
+            await ws.close()
+
+        asyncio.run(main())
+    finally:
+        server.stop()
+
+
+def test_importing_the_transport_leaves_aiohttp_unimported():
+    import subprocess
+    import sys
+
+    code = "import sys, bacalhau_flow_nats.transport; print('aiohttp' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
 def test_request_while_the_server_is_down_fails_with_a_transport_error(nats_server_mod, nats_transport_cls):
     server = nats_server_mod.NatsServer().start()
     try:

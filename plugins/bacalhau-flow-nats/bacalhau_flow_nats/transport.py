@@ -24,13 +24,25 @@ import logging
 import math
 import random
 import ssl
+import sys
 import time
 import uuid
 from typing import Any
 
-from nats import errors as nats_errors
-from nats.aio.client import Client
-from nats.aio.msg import Msg
+# nats-py imports aiohttp (~20 MB of an idle node's memory) for ws:// servers only. Imported
+# with aiohttp hidden, it falls back to its "no websockets" path; `_websockets_on` hands it
+# aiohttp when a ws:// or wss:// server is configured.
+_HIDE_AIOHTTP = "aiohttp" not in sys.modules
+if _HIDE_AIOHTTP:
+    sys.modules["aiohttp"] = None  # type: ignore[assignment]  # `import aiohttp` raises ImportError
+try:
+    from nats import errors as nats_errors
+    from nats.aio import transport as nats_transport
+    from nats.aio.client import Client
+    from nats.aio.msg import Msg
+finally:
+    if _HIDE_AIOHTTP:
+        del sys.modules["aiohttp"]
 
 from bacalhau_flow.transports.base import (
     Envelope,
@@ -101,6 +113,14 @@ def nats_subject(subject: str, *, wildcard: bool = False) -> str:
             retryable=False,
         )
     return subject
+
+
+def _websockets_on() -> None:
+    """Give nats-py the aiohttp it was imported without (see the imports above)."""
+    if getattr(nats_transport, "aiohttp", None) is None:
+        import aiohttp
+
+        nats_transport.aiohttp = aiohttp
 
 
 def _refusal(e: BaseException) -> str | None:
@@ -197,6 +217,8 @@ class NatsTransport(Transport):
 
     async def _open(self) -> Client:
         secure = security(self._url_credentials)  # NatsConfigError (exit 2) for a bad file
+        if any(s.startswith(("ws://", "wss://")) for s in self.servers):
+            _websockets_on()
         nc = Client()
         if secure.public_nkey is not None:
             nc._public_nkey = secure.public_nkey  # an NKey user: nats-py sends it with the signature
