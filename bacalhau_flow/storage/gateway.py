@@ -17,7 +17,12 @@ Every answer carries `X-Ipfs-Roots` (one CID per path segment: what ipfsspec che
 changes). 400: not a CID, or an unknown format or scope. 404: a CID, path or block the store
 lacks; the DAG's blocks are checked before the first byte goes out, so a 200 is complete. A
 block found corrupt while streaming aborts the connection (the client sees a short body,
-never wrong bytes). Blocks are read in a thread, so the event loop keeps serving.
+never wrong bytes). Blocks are read in a thread, so the event loop keeps serving. Another
+method on those paths: 405; any other path: 404.
+
+Paths arrive percent-encoded (`a%20b.txt`, UTF-8) and are decoded before they are resolved.
+The HTTP/1.1 part (keep-alive, timeouts, bounds on a request) is storage/http_server.py: plain
+asyncio streams, so an idle node does not carry aiohttp (about 20 MB).
 
 One gateway may serve the stores of several nodes of one process (a devstack process of
 thousands of nodes has one server, not thousands): `Gateway(None, stores={...})` answers
@@ -32,14 +37,13 @@ import logging
 import mimetypes
 import re
 from functools import partial
-from typing import Iterator
-from urllib.parse import quote
-
-from aiohttp import web
+from typing import AsyncIterator, Iterator
+from urllib.parse import quote, unquote
 
 from ..errors import BflowError, BlockNotFound, ContentError
 from . import dag, unixfs
 from .car import car_block, car_header
+from .http_server import Abort, HTTPError, HTTPServer, Request, Response
 from .store import ContentStore
 
 log = logging.getLogger("bacalhau_flow.gateway")
@@ -67,20 +71,17 @@ class Gateway:
         self.host = host
         self.port = port
         self.advertise = advertise
-        self._runner: web.AppRunner | None = None
+        self._server: HTTPServer | None = None
         self.url: str | None = None
 
     async def start(self) -> str:
-        self._runner = web.AppRunner(make_app(self.store, self.stores), access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
+        server = HTTPServer(self._route)
         try:
-            await site.start()
+            self.port = await server.start(self.host, self.port)  # the real port when 0 was asked
         except OSError as e:
-            await self._runner.cleanup()
             raise BflowError(f"cannot serve an IPFS gateway on {self.host}:{self.port}: {e.strerror or e}",
                              hint="choose another port, or 0 for any free port") from None
-        self.port = site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked
+        self._server = server
         host = self.advertise or (self.host if self.host not in ("0.0.0.0", "::", "") else _public_host())
         self.url = f"http://{'[' + host + ']' if ':' in host else host}:{self.port}"
         return self.url
@@ -90,9 +91,26 @@ class Gateway:
         return f"{self.url}/n/{node_id}"
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._server is not None:
+            await self._server.stop()
+            self._server = None
+
+    async def _route(self, request: Request) -> Response:
+        """`/ipfs/<path>` from `store`, `/n/<node id>/ipfs/<path>` from that node's in `stores`."""
+        raw = request.raw_path
+        node_id, rest = None, None
+        if self.store is not None and raw.startswith("/ipfs/"):
+            rest = raw[len("/ipfs/"):]
+        elif self.stores is not None and raw.startswith("/n/"):
+            node, sep, tail = raw[len("/n/"):].partition("/")
+            if node and sep and tail.startswith("ipfs/"):
+                node_id, rest = unquote(node), tail[len("ipfs/"):]
+        if not rest:
+            raise HTTPError(404)
+        if request.method not in ("GET", "HEAD"):
+            raise HTTPError(405, headers={"Allow": "GET, HEAD"})
+        store = self.store if node_id is None else self.stores.get(node_id)
+        return await _handle(request, store, node_id, unquote(rest))
 
 
 def gateway_for(store: ContentStore | None, transport, host: str | None = None, port: int = 0,
@@ -112,40 +130,22 @@ def _public_host() -> str:
     return socket.getfqdn()
 
 
-STORE = web.AppKey("store", ContentStore)
-STORES = web.AppKey("stores", dict)
-
-
-def make_app(store: ContentStore | None, stores: dict[str, ContentStore] | None = None) -> web.Application:
-    app = web.Application()
-    if store is not None:
-        app[STORE] = store
-        app.router.add_get("/ipfs/{path:.+}", _handle)  # HEAD too (allow_head)
-    if stores is not None:
-        app[STORES] = stores
-        app.router.add_get("/n/{node}/ipfs/{path:.+}", _handle)
-    return app
-
-
 # ------------------------------------------------------------------------------- request
 
-async def _handle(request: web.Request) -> web.StreamResponse:
-    node_id = request.match_info.get("node")
-    store = request.app[STORE] if node_id is None else request.app[STORES].get(node_id)
-    path = request.match_info["path"]
+async def _handle(request: Request, store: ContentStore | None, node_id: str | None, path: str) -> Response:
     if store is None:
-        raise web.HTTPNotFound(text=f"no node {node_id} here\n")
+        raise HTTPError(404, f"no node {node_id} here\n")
     try:
         fmt, scope = _format(request)
         cid_text = path.split("/", 1)[0]
         try:
             unixfs.parse_cid(cid_text)
         except ContentError:
-            raise web.HTTPBadRequest(text=f"invalid CID: {cid_text!r}\n") from None
+            raise HTTPError(400, f"invalid CID: {cid_text!r}\n") from None
         cids = await _blocking(dag.resolve, store, path)
         headers = {
             "X-Ipfs-Roots": ",".join(unixfs.cid_to_str(c) for c in cids),
-            "X-Ipfs-Path": "/ipfs/" + path,
+            "X-Ipfs-Path": "/ipfs/" + quote(path, safe="/"),  # as a URL path: no line break can reach the head
             "Cache-Control": IMMUTABLE,
         }
         if fmt == "raw":
@@ -156,26 +156,26 @@ async def _handle(request: web.Request) -> web.StreamResponse:
         if node.is_dir:
             return await _listing(request, store, path, node, headers)
         return await _file(request, store, path, node, headers)
-    except web.HTTPException:
+    except HTTPError:
         raise
     except (FileNotFoundError, BlockNotFound) as e:
-        raise web.HTTPNotFound(text=f"not found: /ipfs/{path} ({e})\n") from None
+        raise HTTPError(404, f"not found: /ipfs/{path} ({e})\n") from None
     except ContentError as e:
-        status = web.HTTPNotImplemented if "HAMT" in str(e) else web.HTTPInternalServerError
-        raise status(text=f"{e}\n") from None
+        raise HTTPError(501 if "HAMT" in str(e) else 500, f"{e}\n") from None
 
 
-def _format(request: web.Request) -> tuple[str | None, str]:
+def _format(request: Request) -> tuple[str | None, str]:
     """(None | "raw" | "car", dag scope) from ?format= or the Accept header; 400 if unknown."""
-    fmt = request.query.get("format")
-    accept = request.headers.get("Accept", "")
+    query = request.query
+    fmt = query.get("format")
+    accept = request.headers.get("accept", "")
     if fmt is None:
         fmt = "raw" if RAW_TYPE in accept else "car" if CAR_TYPE in accept else None
     elif fmt not in ("raw", "car"):
-        raise web.HTTPBadRequest(text=f"unsupported format {fmt!r}: use raw or car\n")
-    scope = request.query.get("dag-scope", "all")
+        raise HTTPError(400, f"unsupported format {fmt!r}: use raw or car\n")
+    scope = query.get("dag-scope", "all")
     if scope not in SCOPES:
-        raise web.HTTPBadRequest(text=f"unsupported dag-scope {scope!r}: use {', '.join(SCOPES)}\n")
+        raise HTTPError(400, f"unsupported dag-scope {scope!r}: use {', '.join(SCOPES)}\n")
     return fmt, scope
 
 
@@ -183,22 +183,22 @@ async def _blocking(fn, *args):
     return await asyncio.get_running_loop().run_in_executor(None, partial(fn, *args))
 
 
-def _not_modified(request: web.Request, etag: str) -> bool:
-    return request.headers.get("If-None-Match") == etag
+def _not_modified(request: Request, etag: str) -> bool:
+    return request.headers.get("if-none-match") == etag
 
 
 # ------------------------------------------------------------------------------- answers
 
-async def _raw(request, store, cid: bytes, headers: dict) -> web.StreamResponse:
+async def _raw(request: Request, store, cid: bytes, headers: dict) -> Response:
     data = await _blocking(dag.block, store, cid)
     etag = f'"{unixfs.cid_to_str(cid)}.raw"'
     if _not_modified(request, etag):
-        return web.Response(status=304, headers={**headers, "Etag": etag})
-    return web.Response(body=data, content_type=RAW_TYPE,
-                        headers={**headers, "Etag": etag, "X-Content-Type-Options": "nosniff"})
+        return Response(304, {**headers, "Etag": etag})
+    return Response(200, {**headers, "Etag": etag, "X-Content-Type-Options": "nosniff",
+                          "Content-Type": RAW_TYPE}, data)
 
 
-async def _car(request, store, cids: list[bytes], scope: str, headers: dict) -> web.StreamResponse:
+async def _car(request: Request, store, cids: list[bytes], scope: str, headers: dict) -> Response:
     terminal = cids[-1]
     if scope == "block":
         body = [terminal]
@@ -209,62 +209,72 @@ async def _car(request, store, cids: list[bytes], scope: str, headers: dict) -> 
         dag.block_present(store, cid)  # 404 now, not half-way through the CAR
     etag = f'"{unixfs.cid_to_str(terminal)}.car.{scope}"'
     if _not_modified(request, etag):
-        return web.Response(status=304, headers={**headers, "Etag": etag})
-    response = web.StreamResponse(headers={**headers, "Etag": etag, "X-Content-Type-Options": "nosniff",
-                                           "Content-Type": f"{CAR_TYPE}; version=1"})
-    await response.prepare(request)
-    if request.method == "HEAD":
-        return response
-    await response.write(car_header(terminal))
+        return Response(304, {**headers, "Etag": etag})
+    return Response(200, {**headers, "Etag": etag, "X-Content-Type-Options": "nosniff",
+                          "Content-Type": f"{CAR_TYPE}; version=1"},
+                    _car_stream(request, store, terminal, order))  # length unknown: chunked
+
+
+async def _car_stream(request: Request, store, terminal: bytes, order: list[bytes]) -> AsyncIterator[bytes]:
+    yield car_header(terminal)
+    left = iter(order)
+    async for piece in _ahead(request, partial(_car_piece, store, left)):
+        yield piece
+
+
+def _car_piece(store, left: Iterator[bytes]) -> bytes:
+    """The next block of a CAR, framed; b"" after the last."""
+    cid = next(left, None)
+    return b"" if cid is None else car_block(cid, dag.block(store, cid))
+
+
+async def _ahead(request: Request, read) -> AsyncIterator[bytes]:
+    """`read()`'s pieces until b"", each read in a thread while the one before is being sent
+    (disk and hashing overlap the socket). A ContentError aborts the answer."""
+    loop = asyncio.get_running_loop()
+    pending = loop.run_in_executor(None, read)
     try:
-        for cid in order:
-            data = await _blocking(dag.block, store, cid)
-            await response.write(car_block(cid, data))
+        while piece := await pending:
+            pending = loop.run_in_executor(None, read)
+            yield piece
     except ContentError as e:
-        return _abort(request, response, e)
-    await response.write_eof()
-    return response
+        raise _abort(request, e) from None
+    finally:
+        if not pending.cancel() and not pending.cancelled():  # read already, or its thread finishes alone
+            pending.exception()  # retrieved, so a read that failed after the client left logs nothing
 
 
-def _abort(request: web.Request, response: web.StreamResponse, error: Exception) -> web.StreamResponse:
-    """Headers are out: drop the connection, so the client sees a short body, not a good one."""
+def _abort(request: Request, error: Exception) -> Abort:
+    """Headers are out: the server drops the connection, so the client sees a short body."""
     log.warning("gateway: aborted %s: %s", request.path, error)
-    if request.transport is not None:
-        request.transport.abort()
-    return response
+    return Abort(str(error))
 
 
-async def _file(request, store, path: str, node: dag.Node, headers: dict) -> web.StreamResponse:
+async def _file(request: Request, store, path: str, node: dag.Node, headers: dict) -> Response:
     etag = f'"{node.cid_str}"'
     if _not_modified(request, etag):
-        return web.Response(status=304, headers={**headers, "Etag": etag})
+        return Response(304, {**headers, "Etag": etag})
     await _blocking(dag.blocks, store, node.cid)  # every block present, or 404 now
     start, end, status = 0, node.size, 200
-    wanted = request.headers.get("Range")
+    wanted = request.headers.get("range")
     if wanted:
         parsed = _parse_range(wanted, node.size)
         if parsed is None:
-            raise web.HTTPRequestRangeNotSatisfiable(headers={"Content-Range": f"bytes */{node.size}"})
+            raise HTTPError(416, headers={"Content-Range": f"bytes */{node.size}"})
         if parsed != (0, node.size):
             start, end = parsed
             status = 206
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{node.size}"
     content_type = mimetypes.guess_type(path.rsplit("/", 1)[-1])[0] if "/" in path else None
-    response = web.StreamResponse(status=status, headers={
-        **headers, "Etag": etag, "Accept-Ranges": "bytes",
-        "Content-Type": content_type or "application/octet-stream"})
-    response.content_length = end - start
-    await response.prepare(request)
-    if request.method == "HEAD":
-        return response
-    pieces = dag.read_range(store, node.cid, start, end)
-    try:
-        while piece := await _blocking(_next_piece, pieces):
-            await response.write(piece)
-    except ContentError as e:
-        return _abort(request, response, e)
-    await response.write_eof()
-    return response
+    return Response(status, {**headers, "Etag": etag, "Accept-Ranges": "bytes",
+                             "Content-Type": content_type or "application/octet-stream"},
+                    _file_stream(request, store, node.cid, start, end), length=end - start)
+
+
+async def _file_stream(request: Request, store, cid: bytes, start: int, end: int) -> AsyncIterator[bytes]:
+    pieces = dag.read_range(store, cid, start, end)
+    async for piece in _ahead(request, partial(_next_piece, pieces)):
+        yield piece
 
 
 def _next_piece(pieces: Iterator[bytes]) -> bytes:
@@ -294,10 +304,10 @@ def _parse_range(value: str, size: int) -> tuple[int, int] | None:
     return (start, end) if start < size and start < end else None
 
 
-async def _listing(request, store, path: str, node: dag.Node, headers: dict) -> web.StreamResponse:
-    if not request.path.endswith("/"):
-        location = request.path + "/" + (f"?{request.query_string}" if request.query_string else "")
-        raise web.HTTPMovedPermanently(location, headers=headers)
+async def _listing(request: Request, store, path: str, node: dag.Node, headers: dict) -> Response:
+    if not request.raw_path.endswith("/"):
+        location = request.raw_path + "/" + (f"?{request.query_string}" if request.query_string else "")
+        raise HTTPError(301, headers={**headers, "Location": location})
     items = await _blocking(dag.entries, store, node.cid)
     rows = []
     for name, child in items:
@@ -308,8 +318,8 @@ async def _listing(request, store, path: str, node: dag.Node, headers: dict) -> 
     title = html.escape("/ipfs/" + path.rstrip("/"))
     body = (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title></head><body>\n"
             f"<h1>{title}</h1>\n<table>\n" + "\n".join(rows) + "\n</table>\n</body></html>\n")
-    return web.Response(text=body, content_type="text/html",
-                        headers={**headers, "Etag": f'"{node.cid_str}.dir"'})
+    return Response(200, {**headers, "Etag": f'"{node.cid_str}.dir"', "Content-Type": "text/html; charset=utf-8"},
+                    body.encode())
 
 
 # ------------------------------------------------------------------------------- foreground

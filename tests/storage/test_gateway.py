@@ -1,17 +1,24 @@
-"""The content store served as an IPFS trustless gateway: a real aiohttp server on a
-background loop, read with plain HTTP and with ipfsspec's own CAR reader (which checks
-every block's hash)."""
+"""The content store served as an IPFS trustless gateway: a real server (plain asyncio
+streams, storage/http_server.py) on a background loop, read with plain HTTP, raw sockets and
+ipfsspec's own CAR reader (which checks every block's hash)."""
 
 import asyncio
+import contextlib
 import hashlib
+import http.client
 import os
+import socket
+import threading
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import pytest
 from ipfsspec.car import read_car
 
-from bacalhau_flow.storage import ContentStore, unixfs
+from bacalhau_flow.errors import BflowError
+from bacalhau_flow.storage import ContentStore, http_server, unixfs
 from bacalhau_flow.storage.gateway import Gateway
 from bacalhau_flow.testing.gateway import gateway_in_thread
 
@@ -26,6 +33,7 @@ def served(tmp_path_factory):
     (src / "a.txt").write_text("hello\n")
     (src / "sub" / "big.bin").write_bytes(os.urandom(BIG))
     (src / "sub" / "deeper" / "c.csv").write_text("x,y\n1,2\n")
+    (src / "sub" / "a b ü.txt").write_text("spaced\n")
     store = ContentStore(tmp / "store")
     root = store.put_tree(src)
     with gateway_in_thread(store) as url:
@@ -170,3 +178,149 @@ def test_a_block_found_corrupt_mid_file_cuts_the_answer_short(tmp_path):
 
     with pytest.raises(Exception, match="not completed|Not enough data"):
         asyncio.run(read())
+
+
+# ------------------------------------------------------------------------------- HTTP/1.1
+
+def connect(url) -> http.client.HTTPConnection:
+    parts = urllib.parse.urlsplit(url)
+    return http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+
+
+def raw_exchange(url, data: bytes, wait: float = 10) -> bytes:
+    """Send `data` on a fresh socket; everything that comes back until the server closes it."""
+    parts = urllib.parse.urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=wait) as sock:
+        sock.sendall(data)
+        out = b""
+        while chunk := sock.recv(65536):
+            out += chunk
+        return out
+
+
+def test_one_connection_serves_two_requests_and_drains_a_request_body(served):
+    url, root = served["url"], served["root"]
+    conn = connect(url)
+    conn.request("GET", f"/ipfs/{root}/a.txt", body=b"ignored body", headers={"Content-Length": "12"})
+    first = conn.getresponse()
+    assert first.status == 200 and first.read() == b"hello\n"
+    sock = conn.sock
+    conn.request("GET", f"/ipfs/{root}/sub/big.bin", headers={"Range": "bytes=0-9"})
+    second = conn.getresponse()
+    assert second.status == 206 and len(second.read()) == 10
+    assert conn.sock is sock and sock is not None  # the same TCP connection, kept alive
+    conn.close()
+
+
+def test_head_of_a_car_has_its_headers_no_body_and_keeps_the_connection(served):
+    url, root = served["url"], served["root"]
+    conn = connect(url)
+    conn.request("HEAD", f"/ipfs/{root}?format=car")
+    head = conn.getresponse()
+    assert head.status == 200 and head.headers["Content-Type"].startswith("application/vnd.ipld.car")
+    assert head.headers["X-Ipfs-Roots"] == root and head.read() == b""
+    conn.request("GET", f"/ipfs/{root}?format=car&dag-scope=entity")
+    car = conn.getresponse()
+    assert car.headers["Transfer-Encoding"] == "chunked"  # a stream of unknown length
+    _, blocks = read_car(car.read())
+    assert [c.encode("base32") for c, _, _ in blocks] == [root]
+    conn.close()
+
+
+def test_an_http10_client_gets_a_car_ended_by_closing_the_connection(served):
+    answer = raw_exchange(served["url"], f"GET /ipfs/{served['root']}?format=car HTTP/1.0\r\n\r\n".encode())
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"Connection: close" in head and b"chunked" not in head
+    roots, _ = read_car(body)
+    assert [c.encode("base32") for c in roots] == [served["root"]]
+
+
+def test_percent_encoded_names_are_decoded(served):
+    url, root = served["url"], served["root"]
+    status, _, body = fetch(f"{url}/ipfs/{root}/sub/{urllib.parse.quote('a b ü.txt')}")
+    assert status == 200 and body == b"spaced\n"
+    assert b'href="a%20b%20%C3%BC.txt"' in fetch(f"{url}/ipfs/{root}/sub/")[2]
+
+
+def test_other_methods_are_405_and_other_paths_404(served):
+    url, root = served["url"], served["root"]
+    status, headers, _ = fetch(f"{url}/ipfs/{root}/a.txt", method="DELETE")
+    assert status == 405 and headers["Allow"] == "GET, HEAD"
+    assert fetch(f"{url}/ipns/{root}")[0] == 404
+    assert fetch(f"{url}/ipfs/")[0] == 404
+    assert fetch(f"{url}/n/some-node/ipfs/{root}")[0] == 404  # one store, not several
+
+
+def test_if_none_match_is_304(served):
+    url, root = served["url"], served["root"]
+    etag = fetch(f"{url}/ipfs/{root}/a.txt")[1]["Etag"]
+    status, _, body = fetch(f"{url}/ipfs/{root}/a.txt", headers={"If-None-Match": etag})
+    assert status == 304 and body == b""
+
+
+@pytest.mark.parametrize("fields", [
+    f"X-Big: {'x' * (http_server.MAX_HEAD + 1)}\r\n",  # one line past the bound
+    "".join(f"X-Many-{i}: {'y' * 100}\r\n" for i in range(http_server.MAX_HEAD // 100)),  # many short ones
+])
+def test_an_oversized_header_is_431_and_the_connection_closes(served, fields):
+    answer = raw_exchange(served["url"], f"GET /ipfs/{served['root']} HTTP/1.1\r\n{fields}\r\n".encode())
+    assert answer.startswith(b"HTTP/1.1 431") and b"Connection: close" in answer
+
+
+def test_a_bad_request_line_is_400_and_the_connection_closes(served):
+    answer = raw_exchange(served["url"], b"GARBAGE\r\n\r\nGET / HTTP/1.1\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400") and answer.count(b"HTTP/1.1") == 1
+
+
+def test_a_slow_request_head_and_an_idle_connection_are_dropped(served, monkeypatch):
+    monkeypatch.setattr(http_server, "HEAD_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(http_server, "IDLE_TIMEOUT_S", 0.3)
+    started = time.monotonic()
+    assert raw_exchange(served["url"], f"GET /ipfs/{served['root']} HTTP/1.1\r\nX-Slow: ".encode()) == b""
+    assert raw_exchange(served["url"], b"") == b""  # never sends a request
+    assert time.monotonic() - started < 5
+
+
+@contextlib.contextmanager
+def loop_thread():
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield lambda coro: asyncio.run_coroutine_threadsafe(coro, loop).result(10)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+
+
+def test_one_gateway_serves_several_nodes_stores_under_their_ids(tmp_path):
+    store = ContentStore(tmp_path / "a")
+    cid = store.put_bytes(b"node a's bytes")
+    with loop_thread() as run:
+        gateway = Gateway(None, stores={"node-a": store})
+        run(gateway.start())
+        try:
+            assert gateway.url_for("node-a") == f"{gateway.url}/n/node-a"
+            assert fetch(f"{gateway.url_for('node-a')}/ipfs/{cid}")[2] == b"node a's bytes"
+            status, _, body = fetch(f"{gateway.url_for('node-b')}/ipfs/{cid}")
+            assert status == 404 and body == b"no node node-b here\n"
+            assert fetch(f"{gateway.url}/ipfs/{cid}")[0] == 404  # no store of its own
+        finally:
+            run(gateway.stop())
+
+
+def test_stop_closes_kept_alive_connections_and_a_taken_port_is_a_clear_error(tmp_path):
+    store = ContentStore(tmp_path / "s")
+    cid = store.put_bytes(b"x")
+    with loop_thread() as run:
+        gateway = Gateway(store)
+        url = run(gateway.start())
+        conn = connect(url)
+        conn.request("GET", f"/ipfs/{cid}")
+        assert conn.getresponse().read() == b"x"
+        with pytest.raises(BflowError, match="cannot serve an IPFS gateway") as info:
+            run(Gateway(store, port=gateway.port).start())
+        assert "another port" in info.value.hint
+        run(gateway.stop())
+        assert conn.sock.recv(1) == b""  # closed by the server
+        conn.close()
