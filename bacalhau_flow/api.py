@@ -56,14 +56,17 @@ def run(spec_or_path: Spec, network: str | None = None, reprocess: bool = False,
     listed (before anything runs), JobCancelled on Ctrl-C."""
     from .flow.dag import build_dag, plan_dag
     from .flow.runner import run_dag
+    from .network.census import nodes_for_auto_batches
 
-    dag = build_dag(_pipelines(spec_or_path))
-    plans = plan_dag(dag)  # every input not read from a pipeline of this spec is listed before anything runs
+    pipelines = _pipelines(spec_or_path)
+    dag = build_dag(pipelines)
+    plan_nodes = nodes_for_auto_batches(pipelines, network)
+    plans = plan_dag(dag, plan_nodes)  # every input not read from a pipeline of this spec is listed before anything runs
     for plan in plans:
         for warning in plan.warnings:
             log.warning(warning)
     records = run_dag(dag, plans={p.pipeline: p for p in plans if not p.after}, warn=log.warning,
-                      network=network, reprocess=reprocess)
+                      plan_nodes=plan_nodes, network=network, reprocess=reprocess)
     failed = [r for r in records if r.state != "completed"]
     if failed and raise_on_failure:
         first = failed[0]

@@ -169,7 +169,7 @@ def listed(url: str) -> tuple[int, float]:
     """How many nodes `bflow nodes` finds, and the seconds it took."""
     import asyncio
 
-    from bacalhau_flow.cli.network import discover
+    from bacalhau_flow.network.census import discover
 
     started = time.perf_counter()
     found = asyncio.run(discover(url, wait=120))

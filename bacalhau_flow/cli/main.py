@@ -100,12 +100,16 @@ def schema(as_json: bool = typer.Option(True, "--json", help="the schema is JSON
 
 
 @command()
-def plan(spec: Path, as_json: bool = typer.Option(False, "--json", help="machine-readable output")):
+def plan(spec: Path, as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+         network: Optional[str] = typer.Option(None, help="network whose nodes `batch_size: auto` counts; "
+                                               "default: the embedded network")):
     """Dry run: the shards each pipeline would get (in the order they would run)."""
     from ..flow.dag import build_dag, plan_dag
+    from ..network.census import nodes_for_auto_batches
     from ..spec import load_spec
 
-    plans = plan_dag(build_dag(load_spec(spec)))
+    pipelines = load_spec(spec)
+    plans = plan_dag(build_dag(pipelines), nodes_for_auto_batches(pipelines, network))
     for p in plans:
         for w in p.warnings:
             render.warn(w)
@@ -144,6 +148,7 @@ def run(
         return _detach(spec, pipelines, network, output, reprocess)
     from ..flow.dag import build_dag, not_run_reason, plan_dag
     from ..flow.runner import run_dag
+    from ..network.census import nodes_for_auto_batches
     from ..jobs.results import stream, write_results
     from ..jobs.store import new_job_id
     from .progress import RunDisplay, prepare_prefect
@@ -153,14 +158,16 @@ def run(
     ids = {p.name: ids.get(p.name) or new_job_id() for p in pipelines}  # the display follows each job
     with RunDisplay({p.name: dag.after(p) for p in pipelines}, job_ids=ids) as display:
         display.waiting("planning")
-        plans = plan_dag(dag)  # every input not read from a pipeline of this file is listed before anything runs
+        plan_nodes = nodes_for_auto_batches(pipelines, network)
+        plans = plan_dag(dag, plan_nodes)  # every input not read from a pipeline of this file is listed before anything runs
         for p in plans:
             for w in p.warnings:
                 render.warn(w)
         display.planned(plans)
         prepare_prefect(display)
         records = run_dag(dag, plans={p.pipeline: p for p in plans if not p.after}, job_ids=ids,
-                          progress_for=display.job, warn=render.warn, network=network, reprocess=reprocess)
+                          progress_for=display.job, warn=render.warn, plan_nodes=plan_nodes,
+                          network=network, reprocess=reprocess)
         display.finish(records)
     content = _content()
     for record in records:

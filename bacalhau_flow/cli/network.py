@@ -9,17 +9,15 @@ import shutil
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from ..errors import BflowError
+from ..network.census import discover
 from . import nats_options, render
 
-DISCOVER_SPREAD_S = 0.5  # `bflow nodes`: the nodes answer within this
-QUIET_S = 1.0  # ... and it stops listening once no new answer came for this long
 SHARED_FROM = 100  # nodes in one process from which they share one connection and one gateway
 ADVERTISE_HELP = ("host other machines reach this one's IPFS gateway by (default: the local address "
                   "of the connection to the network)")
@@ -219,36 +217,6 @@ def _allowed_folder(path: Path) -> Path:
     if not path.is_dir():
         raise BflowError(f"--allow-path {path}: no such folder", hint="give a folder that exists on this machine")
     return path.resolve()
-
-
-async def discover(url: str, wait: float = 10.0):
-    from ..home import store_root
-    from ..network.embedded import client_identity
-    from ..network.requester import Requester
-    from ..storage import ContentStore
-    from ..transports import transport_for
-    from ..transports.signing import SignedTransport
-
-    transport = SignedTransport(transport_for(url), client_identity())
-    await transport.connect()
-    requester = Requester(transport, ContentStore(store_root()))
-    try:
-        # Every node answers at a moment within the spread; listen until the answers stop coming
-        # (QUIET_S without a new one after the spread), `wait` s at most.
-        started = time.monotonic()
-        spread = min(DISCOVER_SPREAD_S, wait / 2)
-        await requester.start(expect_nodes=10**6, wait=0.0, spread=spread)
-        count, last_new = 0, time.monotonic()
-        while (now := time.monotonic()) - started < wait:
-            if len(requester.nodes) != count:
-                count, last_new = len(requester.nodes), now
-            elif now - started > spread and now - last_new > QUIET_S:
-                break
-            await asyncio.sleep(0.05)
-        return sorted(requester.live_nodes(), key=lambda n: n.id)
-    finally:
-        await requester.stop()
-        await transport.close()
 
 
 async def embedded_nodes():

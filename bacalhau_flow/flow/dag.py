@@ -155,10 +155,11 @@ def _in_dependency_order(pipelines: list[Pipeline]) -> list[Pipeline]:
     return ordered
 
 
-def plan_dag(dag: PipelineDag) -> list:
+def plan_dag(dag: PipelineDag, nodes: list | None = None) -> list:
     """A `PipelinePlan` per pipeline, in dag order. One that reads a pipeline of this file is
     planned once that has run: its plan has no shards and names it in `after`; the others
-    read the outputs of earlier runs (`dag.earlier`). Raises PlanErrors as `plan_pipeline`."""
+    read the outputs of earlier runs (`dag.earlier`). `batch_size: auto` counts `nodes` (a
+    network's `NodeInfo`s; None: the embedded network). Raises PlanErrors as `plan_pipeline`."""
     from ..plan.pipeline import PipelinePlan, plan_pipeline
 
     plans = []
@@ -168,7 +169,7 @@ def plan_dag(dag: PipelineDag) -> list:
             plans.append(PipelinePlan(pipeline.name, [], after=after))
         else:
             dag.resolve(pipeline, {})
-            plans.append(plan_pipeline(pipeline))
+            plans.append(plan_pipeline(pipeline, nodes))
     return plans
 
 

@@ -145,6 +145,7 @@ def run_dag(
     job_ids: dict[str, str] | None = None,
     progress_for: ProgressFor | None = None,
     warn: Callable[[str], None] | None = None,
+    plan_nodes: list | None = None,
     **options,
 ) -> list[JobRecord]:
     """Run every pipeline of `dag`: each once the pipelines it reads completed, those that are
@@ -154,7 +155,8 @@ def run_dag(
     shards whose error says why (`not run: upstream split failed`). `plans` are plans made
     already (the pipelines that read no other pipeline of the file); `progress_for(name,
     shards)` gives a context for one job's progress hook; `warn` gets the warnings of the
-    plans made here; `options` go to `run_pipeline`.
+    plans made here, `plan_nodes` the nodes their `batch_size: auto` counts (None: the embedded
+    network's); `options` go to `run_pipeline`.
     Raises JobCancelled on Ctrl-C (the jobs still running are marked cancelled)."""
     from ..jobs.store import new_job_id
 
@@ -163,18 +165,19 @@ def run_dag(
         ids.setdefault(pipeline.name, new_job_id())
     with interrupt.watching():
         if len(dag.pipelines) == 1:
-            return _run_dag(dag, plans, ids, progress_for, warn, options)
+            return _run_dag(dag, plans, ids, progress_for, warn, plan_nodes, options)
         from .prefect_api import use_prefect
 
         use_prefect(wait=False)  # as_one_flow_run waits for it, once Prefect is imported
         from .chain import as_one_flow_run
 
         return as_one_flow_run(dag, ids[dag.pipelines[0].name], options.get("network"),
-                               lambda: _run_dag(dag, plans, ids, progress_for, warn, options))
+                               lambda: _run_dag(dag, plans, ids, progress_for, warn, plan_nodes, options))
 
 
 def _run_dag(dag: PipelineDag, plans: dict[str, PipelinePlan], ids: dict[str, str],
-             progress_for: ProgressFor | None, warn: Callable[[str], None] | None, options: dict) -> list[JobRecord]:
+             progress_for: ProgressFor | None, warn: Callable[[str], None] | None, plan_nodes: list | None,
+             options: dict) -> list[JobRecord]:
     """`run_dag`'s body, in the caller's flow run context (if any); raises as `run_dag`."""
     results: dict[str, JobRecord] = {}
     why_not: dict[str, str] = {}  # pipelines that did not run -> the reason
@@ -187,7 +190,7 @@ def _run_dag(dag: PipelineDag, plans: dict[str, PipelinePlan], ids: dict[str, st
         upstreams = dag.resolve(pipeline, outputs)
         plan = plans.get(pipeline.name)
         if plan is None:
-            plan = plan_pipeline(pipeline)
+            plan = plan_pipeline(pipeline, plan_nodes)
             for warning in plan.warnings:
                 (warn or (lambda w: None))(warning)
         with (progress_for or _no_progress)(pipeline.name, len(plan.shards)) as hook:

@@ -21,8 +21,9 @@ Examples on the embedded network of this 2-core machine (3 nodes, each 2 cpus an
 the memory: 20 slots each at the default 0.1 cpu, 60 in all): 100 datums -> 1 (100 shards);
 10,000 -> 50 (200 shards); 100,000 -> 500 (200 shards); 10,000,000 -> 1,000 (10,000 shards).
 
-`bflow plan` and `bflow run` plan against the embedded network's nodes, or the nodes given
-(`plan_pipeline(..., nodes=...)`, a network's `NodeInfo`s).
+`bflow plan` and `bflow run` count the embedded network's nodes, or with `--network` (and
+`run(..., network=...)`) that network's, asked once as `bflow nodes` does (network/census.py);
+`plan_pipeline(..., nodes=...)` takes `NodeInfo`s.
 """
 
 from __future__ import annotations
