@@ -1,14 +1,15 @@
 """The requester side of the network: knows the nodes, asks several for bids, accepts
 one, follows the attempt by its heartbeats (a lease), and takes its result and outputs.
 
-A shard goes to a node that could ever hold it, has its executor and carries the
-selector's labels, preferring nodes this shard has not failed on, nodes that can start
-it now, and the least loaded. A shard that no node could ever hold fails at once
-(`NoNodeCanRun`) instead of waiting forever. A node that stops heartbeating loses its
-lease: the attempt fails as retryable and Prefect's retry sends the shard elsewhere. But
-while the requester itself is cut off from the network, and for a lease's time after it is
-back (so the nodes can reconnect too), no lease runs out and no shard is failed for want of
-nodes: an outage of the network loses nothing, only a node gone while it is up does.
+A shard goes to a node that could ever hold it, has its executor and carries the selector's
+labels, preferring nodes this shard has not failed on, nodes that can start it now, and the
+least loaded. A shard that no node could ever hold fails at once (`NoNodeCanRun`) instead of
+waiting forever (the choosing and placing: network/placement.py). A node that stops
+heartbeating loses its lease: the attempt fails as retryable and Prefect's retry sends the
+shard elsewhere. But while the requester itself is cut off from the network, and for a
+lease's time after it is back (so the nodes can reconnect too), no lease runs out and no
+shard is failed for want of nodes: an outage of the network loses nothing, only a node gone
+while it is up does.
 
 On a network reached by URL the requester serves its content store through a gateway of its
 own (`gateway`, set by network/embedded.py `open_network`): each shard's local inputs are
@@ -23,40 +24,30 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import math
-import random
 import time
 import uuid
 from collections import Counter, OrderedDict
 
-from ..errors import BflowError, ContentError, NoNodeCanRun
+from ..errors import BflowError, ContentError
 from ..storage import ContentStore
 from ..storage.fetch import fetch_dag
 from ..storage.pull import pull
-from ..transports.base import Envelope, NoResponders, Transport, TransportError
+from ..transports.base import Envelope, Transport, TransportError
 from . import protocol as p
 from .messages import NodeInfo, ShardRequest, ShardResult
 from .identity import node_id_for
 from .liveness import Beacon
-from .secrets import seal
+from .placement import PLACING, Placement, Unacknowledged
 from .shipping import ship_local_inputs
 
 log = logging.getLogger("bacalhau_flow.requester")
 
-BIDDERS = 3  # nodes asked for a bid per attempt
-NO_BID_RETRY_SECONDS = 0.5
 UNCLAIMED_RESULTS = 10_000  # results of attempts not (yet) awaited, kept for `follow` (bflow resume)
 MAX_PROVIDERS = 16  # gateways named in one shard request
-SAMPLE = 64  # nodes ranked for one placement on a large network
-# Placements in flight at once, so that one's round trips to its bidders overlap another's
-# (1,000 trivial shards on a 3-node NATS devstack: 25.2-26.5 s, one at a time 27.6-29.1 s).
-# Each counts its node's cpu in `_in_flight` before its accept goes out, so that the others
-# see that load when they choose.
-PLACING = 8
 DISCOVER_GRACE_SECONDS = 1.0  # beyond its spread, for the answers to a discover to arrive
 
 
-class Requester:
+class Requester(Placement):
     def __init__(self, transport: Transport, store: ContentStore, *, requester_id: str | None = None,
                  lease_seconds: float = p.LEASE_SECONDS):
         self.transport = transport
@@ -188,151 +179,6 @@ class Requester:
         self.dropped[job_id or ""] += 1
         log.warning("dropped %s", what)
 
-    # -- choosing ---------------------------------------------------------------
-    def candidates(self, request: ShardRequest, selector: dict[str, str], avoid: set[str]) -> list[str]:
-        """Node ids that could run the shard, best first. Raises NoNodeCanRun if none could ever.
-
-        On a network of more than SAMPLE such nodes, a random SAMPLE of them is ranked: the cost
-        of a placement stays flat however large the network (the bids say who is free now)."""
-        now = time.monotonic()
-        able = self._able(request, selector)
-        pick = random.sample(able, SAMPLE) if len(able) > SAMPLE else able
-        live = [self.nodes[i] for i in pick if now - self._heard.get(i, 0) < p.NODE_TTL_SECONDS]
-        if not live and len(pick) < len(able):  # the sample found only gone nodes: look at them all
-            live = [self.nodes[i] for i in able if now - self._heard.get(i, 0) < p.NODE_TTL_SECONDS]
-        if not live:
-            nodes = self.live_nodes()
-            why = _why_none(request, selector, nodes)
-            offered_nowhere = any(request.transform.executor in n.unavailable for n in nodes)
-            raise NoNodeCanRun(why, hint="make the executor available on a node (for docker: start its engine)"
-                               if offered_nowhere else "lower `resources`, change `selector`, or add a node that fits")
-
-        def rank(n: NodeInfo):
-            free = (n.free.cpu - self._in_flight.get(n.id, 0.0)) / max(n.total.cpu, 1e-9)
-            return (n.id in avoid, self._failures.get(n.id, 0), -free, n.id)
-
-        return [n.id for n in sorted(live, key=rank)]
-
-    def _able(self, request: ShardRequest, selector: dict[str, str]) -> list[str]:
-        """Ids of the nodes (live or not) that could ever run shards like this one; kept per
-        kind of shard until a node joins or changes what it offers."""
-        r = request.resources
-        key = (request.transform.executor, tuple(sorted(selector.items())), r.cpu, r.memory, r.disk, r.gpu)
-        if self._able_roster != self._roster:
-            self._able_cache, self._able_roster = {}, self._roster
-        if key not in self._able_cache:
-            self._able_cache[key] = [n.id for n in self.nodes.values() if n.total.fits(r)
-                                     and request.transform.executor in n.executors
-                                     and all(n.labels.get(k) == v for k, v in selector.items())]
-        return self._able_cache[key]
-
-    async def _bid(self, node: str, body: dict) -> p.Bid | None:
-        try:
-            reply = await self.transport.request(p.node_subject(node, "bid"), Envelope("bid_request", body,
-                                                                                      sender=self.id), p.BID_TIMEOUT)
-            if reply.sender != node:  # someone else answering on the node's subject
-                self._drop(None, f"a bid for node {node} from {reply.sender}")
-                return None
-            return p.Bid.model_validate(reply.body).model_copy(update={"node": node})
-        except NoResponders as e:  # nobody serves its subject: gone until it announces again
-            log.info("no bid from %s: %s", node, e)
-            if not self.cut_off():
-                self._heard.pop(node, None)
-            return None
-        except TransportError as e:
-            log.info("no bid from %s: %s", node, e)
-            return None
-
-    async def place(self, request: ShardRequest, selector: dict[str, str], avoid: set[str],
-                    secrets: dict[str, str] | None = None) -> str:
-        """Ask the best nodes for bids and have one accept the shard; return its id (its
-        cpu counted in `_in_flight` from its accept until the attempt ends). Raises NoNodeCanRun when
-        every node says it never could."""
-        async with self._placing:
-            return await self._place(request, selector, avoid, secrets or {})
-
-    def cut_off(self) -> bool:
-        """The connection to the network is down, or came back less than a lease ago."""
-        return time.monotonic() - self.transport.up_since() < self.lease_seconds
-
-    async def _place(self, request: ShardRequest, selector: dict[str, str], avoid: set[str],
-                     secrets: dict[str, str]) -> str:
-        never: dict[str, str] = {}  # node -> why it said it never could (too small, not trusted, ...)
-        body = {"request": request.model_dump(), "selector": selector}  # one dump for every bidder
-        while True:
-            if self.transport.up_since() == math.inf:  # what is sent now may arrive much later
-                await asyncio.sleep(NO_BID_RETRY_SECONDS)
-                continue
-            try:
-                withdrawn = self._withdrawn.get(request.attempt_id, set())
-                ranked = [n for n in self.candidates(request, selector, avoid)
-                          if n not in never and n not in withdrawn]
-            except NoNodeCanRun:
-                # Not yet when the nodes are out of earshot (not gone), or while the answers to
-                # the discover may still come (the node that fits may be a leaf network away)
-                if not self.cut_off() and time.monotonic() >= self._answers_until:
-                    raise
-                await asyncio.sleep(min(NO_BID_RETRY_SECONDS, max(0.05, self._answers_until - time.monotonic())))
-                continue
-            if not ranked and withdrawn:
-                raise _Unacknowledged(f"no node acknowledged the shard (withdrawn from {', '.join(sorted(withdrawn))})")
-            if not ranked:
-                raise NoNodeCanRun("; ".join(sorted(set(never.values()))))
-            asked = ranked[:BIDDERS]
-            bids = [b for b in await asyncio.gather(*(self._bid(n, body) for n in asked)) if b]
-            never.update((b.node, b.reason or f"node {b.node} never could") for b in bids if b.never)
-            order = {n: i for i, n in enumerate(asked)}
-            cpu = request.resources.cpu
-            # ranked when each is tried: placements running beside this one may have taken a node since
-            for bid in sorted((b for b in bids if b.accepted),
-                              key=lambda b: (not b.ready, b.queued, self._in_flight.get(b.node, 0.0), order[b.node])):
-                self._accepted[request.attempt_id] = bid.node  # before the accept: a fast result may beat its ack
-                self._in_flight[bid.node] = self._in_flight.get(bid.node, 0.0) + cpu
-                if await self._accept(bid.node, self._with_secrets(body, bid.node, secrets), request):
-                    return bid.node
-                self._in_flight[bid.node] -= cpu
-                self._accepted.pop(request.attempt_id, None)
-            if any(not b.never for b in bids) or not bids:
-                await asyncio.sleep(NO_BID_RETRY_SECONDS)  # busy or no answer: nodes may be restarting
-
-    def _with_secrets(self, body: dict, node: str, secrets: dict[str, str]) -> dict:
-        """The accept for `node`, carrying the shard's secrets sealed to that node's key (in the
-        clear only on the embedded network, whose messages never leave this process)."""
-        if not secrets:
-            return body
-        info = self.nodes.get(node)
-        if info is not None and info.public_key:
-            return dict(body, secrets=seal(secrets, info.public_key))
-        if getattr(self.transport, "identity", None) is None:
-            return dict(body, secrets_plain=secrets)
-        raise NoNodeCanRun(f"node {node} announces no key to seal the shard's secrets to",
-                           hint="upgrade bflow on that node")
-
-    async def _accept(self, node: str, body: dict, request: ShardRequest) -> bool:
-        """Whether `node` took the attempt. An accept left unanswered may still reach the node
-        (its answer lost, or the accept buffered through an outage and delivered later). While
-        the network is away it is asked again (a node answers a repeated accept as it did the
-        first); a node that does not answer on a network that is up has the accept withdrawn
-        by a cancel sent after it, so that one attempt never runs on two nodes."""
-        envelope = Envelope("accept", body, sender=self.id)
-        while True:
-            try:
-                reply = await self.transport.request(p.node_subject(node, "accept"), envelope, p.ACCEPT_TIMEOUT)
-                break
-            except TransportError as e:
-                if self.cut_off():
-                    log.info("accept not acknowledged by %s while the network is away; asking again", node)
-                    await asyncio.sleep(NO_BID_RETRY_SECONDS)
-                    continue
-                log.info("accept not acknowledged by %s: %s; withdrawing it", node, e)
-                self._withdrawn.setdefault(request.attempt_id, set()).add(node)
-                asyncio.ensure_future(self.cancel(node, request))
-                return False
-        if reply.sender != node:
-            self._drop(None, f"an accept answer for node {node} from {reply.sender}")
-            return False
-        return bool(reply.body.get("accepted"))
-
     # -- running ----------------------------------------------------------------
     async def run(self, request: ShardRequest, selector: dict[str, str] | None = None,
                   avoid: set[str] | None = None, on_node=None, secrets: dict[str, str] | None = None) -> ShardResult:
@@ -350,7 +196,7 @@ class Requester:
         try:
             try:
                 node = await self.place(request, selector or {}, avoid or set(), secrets)
-            except _Unacknowledged as e:  # the next attempt (a new attempt id) may go to those nodes
+            except Unacknowledged as e:  # the next attempt (a new attempt id) may go to those nodes
                 return self._not_sent(request, e)
             if on_node:
                 on_node(node)
@@ -488,29 +334,3 @@ class Requester:
                                          Envelope("cancel", {"attempt_id": request.attempt_id}, sender=self.id), 5.0)
         except TransportError:
             pass
-
-
-class _Unacknowledged(BflowError):
-    """Every node that could run the attempt had its accept withdrawn: a retryable failure."""
-
-    retryable = True
-
-
-def _why_none(request: ShardRequest, selector: dict[str, str], nodes: list[NodeInfo]) -> str:
-    if not nodes:
-        return "no compute node is reachable"
-    ask = request.resources
-    if not any(n.total.fits(ask) for n in nodes):
-        biggest = max(nodes, key=lambda n: (n.total.memory, n.total.cpu))
-        return (f"shard {request.shard_index} asks for cpu={ask.cpu:g} memory={ask.memory} disk={ask.disk} "
-                f"gpu={ask.gpu}, more than any node has (largest: cpu={biggest.total.cpu:g} "
-                f"memory={biggest.total.memory} disk={biggest.total.disk} gpu={biggest.total.gpu})")
-    executor = request.transform.executor
-    if not any(executor in n.executors for n in nodes):
-        reasons = sorted({n.unavailable[executor] for n in nodes if executor in n.unavailable})
-        if len(reasons) == 1:
-            return f"{reasons[0]} on any node"
-        if reasons:
-            return f"no node can offer the {executor} executor: " + "; ".join(reasons)
-        return f"no node has the {executor} executor"
-    return f"no node carries the labels {selector}"

@@ -20,7 +20,8 @@ from bacalhau_flow.network import protocol as p
 from bacalhau_flow.network.devstack import Devstack
 from bacalhau_flow.network.identity import Identity
 from bacalhau_flow.network.messages import Capacity, InputRef, NodeInfo, ShardRequest, TransformRef
-from bacalhau_flow.network.requester import SAMPLE, Requester
+from bacalhau_flow.network.placement import SAMPLE
+from bacalhau_flow.network.requester import Requester
 from bacalhau_flow.storage import ContentStore
 from bacalhau_flow.testing.requires import import_or_skip
 from bacalhau_flow.transports import transport_for
