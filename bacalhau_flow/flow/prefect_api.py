@@ -8,13 +8,19 @@ a user's own Prefect flow (Prefect already imported), bflow keeps the API that p
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 from .server import ServerError, Starting, healthy, server_home, start_server
 
-API_CHECK_TIMEOUT = 5.0  # seconds for PREFECT_API_URL to answer before a run gives up
+API_CHECK_TIMEOUT = 5.0  # seconds for PREFECT_API_URL to answer one health check
+# ...and how long to keep asking a server that takes connections but answers slowly: busy (a
+# run's events before this one), not gone. One where nothing listens fails at once.
+API_BUSY_WAIT = 30.0
 TAG = "bflow"  # on every flow run and deployment bflow makes: how serve and the tests find them
 
 
@@ -36,7 +42,7 @@ def use_prefect(echo: Callable[[str], None] | None = None, wait: bool = True) ->
         elif "prefect" in sys.modules and not os.environ.get("PREFECT_API_URL"):
             return None  # inside a user's own flow: its process already chose an API
         elif url := os.environ.get("PREFECT_API_URL"):
-            if not healthy(url, timeout=API_CHECK_TIMEOUT):
+            if not answers(url):
                 raise ServerError(f"no Prefect server answers at PREFECT_API_URL={url}",
                                   hint="start that server, or unset PREFECT_API_URL to use bflow's own "
                                        "(`bflow server start`)", retryable=True)
@@ -48,6 +54,27 @@ def use_prefect(echo: Callable[[str], None] | None = None, wait: bool = True) ->
     if wait:
         prefect_ready()
     return url
+
+
+def answers(url: str) -> bool:
+    """Whether the Prefect API at `url` answers, waiting up to API_BUSY_WAIT while something
+    listens there."""
+    deadline = time.monotonic() + API_BUSY_WAIT
+    while not healthy(url, timeout=API_CHECK_TIMEOUT):
+        if time.monotonic() > deadline or not _listening(url):
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def _listening(url: str) -> bool:
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)),
+                                      timeout=1.0):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def prefect_ready() -> None:
