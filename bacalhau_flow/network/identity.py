@@ -155,7 +155,8 @@ class Identity:
 def _seed_of_pem(data: bytes) -> bytes | None:
     """The seed of an unencrypted ed25519 private key in PEM, or None for anything else."""
     lines = data.decode("ascii", "replace").strip().splitlines()
-    if len(lines) >= 3 and lines[0] == f"-----BEGIN {_PEM_LABEL}-----" and lines[-1] == f"-----END {_PEM_LABEL}-----":
+    framed = lines[:1] == [f"-----BEGIN {_PEM_LABEL}-----"] and lines[-1:] == [f"-----END {_PEM_LABEL}-----"]
+    if framed and len(lines) >= 3:
         try:
             der = base64.b64decode("".join(lines[1:-1]), validate=True)
         except (binascii.Error, ValueError):

@@ -1,6 +1,6 @@
 """How a requester chooses a node for a shard and has it accept the shard (the base of
 network/requester.py's `Requester`, whose state it reads: `nodes`, `_heard`, `_in_flight`,
-`_failures`, `_withdrawn`, `_accepted`).
+`_failures`, `_withdrawn`, `_accepted`, and whose `live_nodes`, `_drop` and `cancel` it calls).
 
 The nodes that could ever run a shard (executor, selector's labels, total capacity) are kept
 per kind of shard; of those a bounded random sample is ranked (not failed on by this shard,

@@ -170,15 +170,6 @@ def test_a_websocket_client_talks_to_a_tcp_client(nats_server_mod, nats_transpor
         server.stop()
 
 
-def test_importing_the_transport_leaves_aiohttp_unimported():
-    import subprocess
-    import sys
-
-    code = "import sys, bacalhau_flow_nats.transport; print('aiohttp' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "False"
-
-
 def test_request_while_the_server_is_down_fails_with_a_transport_error(nats_server_mod, nats_transport_cls):
     server = nats_server_mod.NatsServer().start()
     try:
