@@ -8,6 +8,7 @@ import time
 
 DISCOVER_SPREAD_S = 0.5  # the nodes answer within this
 QUIET_S = 1.0  # ... and listening stops once no new answer came for this long
+FIRST_ANSWER_S = 3.0  # ... but not before this, while none came (busy nodes answer late)
 
 
 async def discover(url: str, wait: float = 10.0) -> list:
@@ -24,7 +25,7 @@ async def discover(url: str, wait: float = 10.0) -> list:
     requester = Requester(transport, ContentStore(store_root()))
     try:
         # Every node answers at a moment within the spread; listen until the answers stop coming
-        # (QUIET_S without a new one after the spread), `wait` s at most.
+        # (QUIET_S without a new one after the spread; FIRST_ANSWER_S while none came), `wait` s at most.
         started = time.monotonic()
         spread = min(DISCOVER_SPREAD_S, wait / 2)
         await requester.start(expect_nodes=10**6, wait=0.0, spread=spread)
@@ -32,7 +33,7 @@ async def discover(url: str, wait: float = 10.0) -> list:
         while (now := time.monotonic()) - started < wait:
             if len(requester.nodes) != count:
                 count, last_new = len(requester.nodes), now
-            elif now - started > spread and now - last_new > QUIET_S:
+            elif now - started > spread and now - last_new > QUIET_S and (count or now - started > FIRST_ANSWER_S):
                 break
             await asyncio.sleep(0.05)
         return sorted(requester.live_nodes(), key=lambda n: n.id)

@@ -25,6 +25,8 @@ from nacl.signing import SigningKey, VerifyKey
 
 from ..errors import BflowError
 
+KNOWN_KEYS = 1 << 14  # keys whose node id and verifier are kept: a requester hears every node
+
 _PUBLIC_KEY_LEN = 32
 _SIGNATURE_LEN = 64
 _SEED_LEN = 32
@@ -43,6 +45,7 @@ def _unb64(text: str) -> bytes:
     return base64.b64decode(text, altchars=b"-_", validate=True)
 
 
+@lru_cache(maxsize=KNOWN_KEYS)  # every message is checked against its sender's id
 def node_id_for(public_key_b64: str) -> str:
     """The node id of a public key (urlsafe base64 of its 32 raw bytes).
 
@@ -74,7 +77,7 @@ def verify(public_key_b64: str, data: bytes, signature_b64: str) -> bool:
         return False
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=KNOWN_KEYS)
 def _verify_key(raw: bytes) -> VerifyKey:
     # libsodium (PyNaCl) verifies ed25519 about 5x faster than cryptography's OpenSSL build
     # here (~90 us vs ~430 us); every message is checked, so it matters per shard.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import math
 import os
 import random
 import time
@@ -44,7 +45,7 @@ REPROBE_SECONDS = 10.0  # how often executors it could not offer are tried again
 class ComputeNode:
     def __init__(self, transport: Transport, store: ContentStore, work_root: Path, capacity: Capacity, *,
                  node_id: str | None = None, labels: dict[str, str] | None = None,
-                 announce_seconds: float = p.ANNOUNCE_SECONDS, heartbeat_seconds: float = p.HEARTBEAT_SECONDS,
+                 check_seconds: float | None = None, heartbeat_seconds: float = p.HEARTBEAT_SECONDS,
                  max_store: int | None = None, trust: Trust | None = None, attempts_file: Path | None = None,
                  pass_env: list[str] | None = None, allow_paths: list[Path] | None = None):
         self.id = node_id or getattr(transport, "node_id", None) or _random_id()
@@ -53,7 +54,7 @@ class ComputeNode:
         self.work_root = Path(work_root)
         self.capacity = CapacityManager(capacity)
         self.labels = labels or {}
-        self.announce_seconds = announce_seconds
+        self.check_seconds = p.CHECK_SECONDS if check_seconds is None else check_seconds
         self.heartbeat_seconds = heartbeat_seconds
         # max_store: evict acknowledged content past this many bytes (storage/evict.py); None: keep
         # all (the embedded nodes share the requester's store, which must keep what its jobs name)
@@ -142,11 +143,22 @@ class ComputeNode:
             self._announce_pending = asyncio.ensure_future(later())
 
     async def _announce_forever(self) -> None:
-        while True:  # jittered: nodes started together do not announce together ever after
-            await asyncio.sleep(self.announce_seconds * random.uniform(0.8, 1.2))
+        """Announce again only with news (protocol.py): an executor it could not offer came up,
+        or its connection came back (requesters may have dropped it meanwhile). Its load is
+        announced as it changes (`_announce_soon`)."""
+        announced_up = self.transport.up_since()
+        while True:  # jittered: nodes started together do not look together ever after
+            await asyncio.sleep(self.check_seconds * random.uniform(0.8, 1.2))
+            news = False
             if self.unavailable and time.monotonic() - self._probed > REPROBE_SECONDS:
+                offered = list(self.executors)
                 await self._probe_again()
-            await self.announce()
+                news = self.executors != offered
+            up = self.transport.up_since()
+            if up != announced_up and up != math.inf:
+                announced_up, news = up, True
+            if news:
+                await self.announce()
 
     async def _probe_again(self) -> None:
         """Ask again for the executors it could not offer: a Docker engine may have started."""

@@ -1,6 +1,7 @@
 """How a requester chooses a node for a shard and has it accept the shard (the base of
 network/requester.py's `Requester`, whose state it reads: `nodes`, `_heard`, `_in_flight`,
-`_failures`, `_withdrawn`, `_accepted`, and whose `live_nodes`, `_drop` and `cancel` it calls).
+`_failures`, `_missed`, `_withdrawn`, `_accepted`, `_discovered_up`, and whose `live_nodes`,
+`discover_again`, `_drop` and `cancel` it calls).
 
 The nodes that could ever run a shard (executor, selector's labels, total capacity) are kept
 per kind of shard; of those a bounded random sample is ranked (not failed on by this shard,
@@ -44,12 +45,11 @@ class Placement:
 
         On a network of more than SAMPLE such nodes, a random SAMPLE of them is ranked: the cost
         of a placement stays flat however large the network (the bids say who is free now)."""
-        now = time.monotonic()
         able = self._able(request, selector)
         pick = random.sample(able, SAMPLE) if len(able) > SAMPLE else able
-        live = [self.nodes[i] for i in pick if now - self._heard.get(i, 0) < p.NODE_TTL_SECONDS]
+        live = [self.nodes[i] for i in pick if i in self._heard]
         if not live and len(pick) < len(able):  # the sample found only gone nodes: look at them all
-            live = [self.nodes[i] for i in able if now - self._heard.get(i, 0) < p.NODE_TTL_SECONDS]
+            live = [self.nodes[i] for i in able if i in self._heard]
         if not live:
             nodes = self.live_nodes()
             why = _why_none(request, selector, nodes)
@@ -83,14 +83,19 @@ class Placement:
             if reply.sender != node:  # someone else answering on the node's subject
                 self._drop(None, f"a bid for node {node} from {reply.sender}")
                 return None
+            self._missed.pop(node, None)
             return p.Bid.model_validate(reply.body).model_copy(update={"node": node})
         except NoResponders as e:  # nobody serves its subject: gone until it announces again
             log.info("no bid from %s: %s", node, e)
             if not self.cut_off():
                 self._heard.pop(node, None)
             return None
-        except TransportError as e:
+        except TransportError as e:  # no answer in time: gone after BID_MISSES in a row
             log.info("no bid from %s: %s", node, e)
+            if not self.cut_off():
+                self._missed[node] += 1
+                if self._missed[node] >= p.BID_MISSES:
+                    self._heard.pop(node, None)
             return None
 
     async def place(self, request: ShardRequest, selector: dict[str, str], avoid: set[str],
@@ -110,20 +115,25 @@ class Placement:
         never: dict[str, str] = {}  # node -> why it said it never could (too small, not trusted, ...)
         body = {"request": request.model_dump(), "selector": selector}  # one dump for every bidder
         while True:
-            if self.transport.up_since() == math.inf:  # what is sent now may arrive much later
+            up = self.transport.up_since()
+            if up == math.inf:  # what is sent now may arrive much later
                 await asyncio.sleep(NO_BID_RETRY_SECONDS)
                 continue
+            if up != self._discovered_up:  # back from an outage: announcements may have been missed
+                await self.discover_again("the connection to the network came back")
             try:
                 withdrawn = self._withdrawn.get(request.attempt_id, set())
                 ranked = [n for n in self.candidates(request, selector, avoid)
                           if n not in never and n not in withdrawn]
             except NoNodeCanRun:
                 # Not yet when the nodes are out of earshot (not gone), or while the answers to
-                # the discover may still come (the node that fits may be a leaf network away)
-                if not self.cut_off() and time.monotonic() >= self._answers_until:
-                    raise
-                await asyncio.sleep(min(NO_BID_RETRY_SECONDS, max(0.05, self._answers_until - time.monotonic())))
-                continue
+                # the discover may still come (the node that fits may be a leaf network away),
+                # or when nodes it dropped may be back: then it asks them all again
+                if self.cut_off() or time.monotonic() < self._answers_until or (
+                        len(self._heard) < len(self.nodes) and await self.discover_again("no node left for a shard")):
+                    await asyncio.sleep(min(NO_BID_RETRY_SECONDS, max(0.05, self._answers_until - time.monotonic())))
+                    continue
+                raise
             if not ranked and withdrawn:
                 raise Unacknowledged(f"no node acknowledged the shard (withdrawn from {', '.join(sorted(withdrawn))})")
             if not ranked:

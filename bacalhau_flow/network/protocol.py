@@ -11,9 +11,13 @@
       |-- cancel (attempt id) --------------------->|  kill it
 
 Announcements: a node publishes NodeInfo on `bflow.nodes.announce` when it starts, soon
-after its load changes, and every ANNOUNCE_SECONDS (jittered) besides: idle, that is one
-message per node per half minute, whatever the size of the network. A node not heard from
-for NODE_TTL_SECONDS, or that does not answer a bid, is gone until it announces again.
+after its load changes, when what it offers changes (an executor came up) and when its
+connection came back after an outage; never only to say it is still there, so an idle network
+is silent and no listener hears more as the network grows. A requester knows a node from its
+announcement or its answer to a discover until a bid finds nobody serving the node's subject,
+or BID_MISSES bids in a row go unanswered: then it is gone until it announces again. A
+requester whose own connection came back, or that finds no node left for a shard among those
+it dropped, asks again (a discover, at most every REDISCOVER_SECONDS).
 Discovery: a requester (or `bflow nodes`) publishes a discover naming a subject of its own
 (`reply`) and a `spread`; each node answers there, at a random moment within the spread, so
 that ten thousand answers arrive as a stream at the asker alone, not as a burst at everyone.
@@ -31,8 +35,9 @@ log = logging.getLogger("bacalhau_flow.protocol")
 ANNOUNCE = "bflow.nodes.announce"
 DISCOVER = "bflow.nodes.discover"
 
-ANNOUNCE_SECONDS = 30.0
-NODE_TTL_SECONDS = 3 * ANNOUNCE_SECONDS + 5.0
+CHECK_SECONDS = 5.0  # how often a node looks for news to announce (a reconnection, an executor up)
+BID_MISSES = 2  # bids in a row a node leaves unanswered before a requester drops it
+REDISCOVER_SECONDS = 5.0  # the least time between a requester's discovers after its first
 DISCOVER_SPREAD_SECONDS = 0.2  # how long a requester lets the answers to its discover take
 HEARTBEAT_SECONDS = 1.0
 LEASE_SECONDS = 6.0  # no heartbeat for this long: the node is lost, the attempt fails (retryable)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import math
 import time
 import uuid
 from collections import Counter, OrderedDict
@@ -56,7 +57,9 @@ class Requester(Placement):
         self.lease_seconds = lease_seconds
         self.gateway: str | None = None  # URL of this requester's own gateway (URL networks only)
         self.nodes: dict[str, NodeInfo] = {}
-        self._heard: dict[str, float] = {}  # node id -> monotonic time of its last announcement
+        # node id -> monotonic time it was last heard of; a node not in it is gone (protocol.py)
+        self._heard: dict[str, float] = {}
+        self._missed: Counter[str] = Counter()  # node id -> bids in a row it left unanswered
         self._in_flight: dict[str, float] = {}  # node id -> cpu this requester has placed there
         self._failures: dict[str, int] = {}  # node id -> attempts that failed there
         self._waiting: dict[str, tuple[asyncio.Future, list[float]]] = {}  # attempt id -> (result, [lease end])
@@ -70,6 +73,8 @@ class Requester(Placement):
         self._able_cache: dict[tuple, list[str]] = {}  # kind of shard -> ids of nodes that could run it
         self._node_seen = asyncio.Event()
         self._answers_until = 0.0  # until then the answers to its discover may still come
+        self._discovered = -math.inf  # monotonic time of its last discover
+        self._discovered_up = 0.0  # the transport's `up_since()` then: it changes on a reconnection
         self._placing = asyncio.Semaphore(PLACING)
         self._subs: list = []
         # Liveness (network/liveness.py): the jobs it drives, named to their nodes every few
@@ -102,8 +107,21 @@ class Requester(Placement):
     async def discover(self, spread: float = p.DISCOVER_SPREAD_SECONDS) -> None:
         """Ask every node for its NodeInfo, answered on this requester's own subject."""
         body = {"reply": p.requester_subject(self.id, "info"), "spread": spread}
-        self._answers_until = time.monotonic() + spread + DISCOVER_GRACE_SECONDS
+        self._discovered, self._discovered_up = time.monotonic(), self.transport.up_since()
+        self._answers_until = self._discovered + spread + DISCOVER_GRACE_SECONDS
         await self.transport.publish(p.DISCOVER, Envelope("discover", body, sender=self.id))
+
+    async def discover_again(self, reason: str) -> bool:
+        """Discover again unless it did less than REDISCOVER_SECONDS ago; whether it asked."""
+        if time.monotonic() - self._discovered < p.REDISCOVER_SECONDS:
+            return False
+        log.info("asking the nodes again: %s", reason)
+        try:
+            await self.discover()
+        except TransportError as e:  # the network is away: asked again when it is back
+            log.info("discover failed: %s", e)
+            return False
+        return True
 
     async def stop(self) -> None:
         await self._beacon.stop()
@@ -119,8 +137,7 @@ class Requester(Placement):
         return self._serving | {attempt.split("/", 1)[0] for attempt in self._waiting}
 
     def live_nodes(self) -> list[NodeInfo]:
-        now = time.monotonic()
-        return [n for n in self.nodes.values() if now - self._heard.get(n.id, 0) < p.NODE_TTL_SECONDS]
+        return [n for n in self.nodes.values() if n.id in self._heard]
 
     # -- handlers ---------------------------------------------------------------
     @p.handles("node_info")
@@ -133,6 +150,7 @@ class Requester(Placement):
             self._roster += 1  # what could run where has changed
         self.nodes[info.id] = info
         self._heard[info.id] = time.monotonic()
+        self._missed.pop(info.id, None)
         self._node_seen.set()
 
     @p.handles("progress")
