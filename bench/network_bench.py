@@ -17,6 +17,7 @@ import time
 import uuid
 from pathlib import Path
 
+OWN_HOME = "BFLOW_HOME" not in os.environ  # then its Prefect server is stopped at the end
 os.environ.setdefault("BFLOW_HOME", tempfile.mkdtemp(prefix="bflow-bench-"))
 sys.path.insert(0, str(Path(__file__).parent))
 from bacalhau_flow.flow.prefect_api import use_prefect  # noqa: E402
@@ -113,7 +114,7 @@ def latency() -> None:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 nodes = requester.live_nodes()
-                if nodes and await requester._bid(nodes[0].id, request, {}):
+                if nodes and await requester._bid(nodes[0].id, {"request": request.model_dump(), "selector": {}}):
                     return time.perf_counter() - started
                 await asyncio.sleep(0.01)
             raise RuntimeError("the node never answered a bid")
@@ -223,11 +224,20 @@ def scale(sizes: list[int], shards: int = 1000, per_process: int = 1250) -> None
 if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else "overhead"
     args = [int(a) for a in sys.argv[2:]]
-    if what == "overhead":
-        overhead(args[0] if args else 1000)
-    elif what == "latency":
-        latency()
-    elif what == "scale":
-        scale(args or [1000, 10000])
-    else:
-        sys.exit(__doc__)
+    try:
+        if what == "overhead":
+            overhead(args[0] if args else 1000)
+        elif what == "latency":
+            latency()
+        elif what == "scale":
+            scale(args or [1000, 10000])
+        else:
+            sys.exit(__doc__)
+    finally:
+        if OWN_HOME:  # an idle server left behind keeps using CPU and skews later runs
+            from prefect._internal.concurrency.services import QueueService
+
+            from bacalhau_flow.flow.server import stop_server
+
+            QueueService.drain_all(timeout=10)  # queued logs and events, before their server goes
+            stop_server()
