@@ -1,5 +1,5 @@
 """How a requester chooses a node for a shard and has it accept the shard (the base of
-network/requester.py's `Requester`, whose state it reads: `nodes`, `_heard`, `_in_flight`,
+network/requester.py's `Requester`, whose state it reads: `nodes`, `_live`, `_in_flight`,
 `_failures`, `_missed`, `_withdrawn`, `_accepted`, `_discovered_up`, and whose `live_nodes`,
 `discover_again`, `_drop` and `cancel` it calls).
 
@@ -47,9 +47,9 @@ class Placement:
         of a placement stays flat however large the network (the bids say who is free now)."""
         able = self._able(request, selector)
         pick = random.sample(able, SAMPLE) if len(able) > SAMPLE else able
-        live = [self.nodes[i] for i in pick if i in self._heard]
+        live = [self.nodes[i] for i in pick if i in self._live]
         if not live and len(pick) < len(able):  # the sample found only gone nodes: look at them all
-            live = [self.nodes[i] for i in able if i in self._heard]
+            live = [self.nodes[i] for i in able if i in self._live]
         if not live:
             nodes = self.live_nodes()
             why = _why_none(request, selector, nodes)
@@ -88,14 +88,14 @@ class Placement:
         except NoResponders as e:  # nobody serves its subject: gone until it announces again
             log.info("no bid from %s: %s", node, e)
             if not self.cut_off():
-                self._heard.pop(node, None)
+                self._live.discard(node)
             return None
         except TransportError as e:  # no answer in time: gone after BID_MISSES in a row
             log.info("no bid from %s: %s", node, e)
             if not self.cut_off():
                 self._missed[node] += 1
                 if self._missed[node] >= p.BID_MISSES:
-                    self._heard.pop(node, None)
+                    self._live.discard(node)
             return None
 
     async def place(self, request: ShardRequest, selector: dict[str, str], avoid: set[str],
@@ -129,11 +129,13 @@ class Placement:
                 # Not yet when the nodes are out of earshot (not gone), or while the answers to
                 # the discover may still come (the node that fits may be a leaf network away),
                 # or when nodes it dropped may be back: then it asks them all again
-                if self.cut_off() or time.monotonic() < self._answers_until or (
-                        len(self._heard) < len(self.nodes) and await self.discover_again("no node left for a shard")):
-                    await asyncio.sleep(min(NO_BID_RETRY_SECONDS, max(0.05, self._answers_until - time.monotonic())))
-                    continue
-                raise
+                waiting = self.cut_off() or time.monotonic() < self._answers_until
+                if not waiting and len(self._live) < len(self.nodes):
+                    waiting = await self.discover_again("no node left for a shard")
+                if not waiting:
+                    raise
+                await asyncio.sleep(min(NO_BID_RETRY_SECONDS, max(0.05, self._answers_until - time.monotonic())))
+                continue
             if not ranked and withdrawn:
                 raise Unacknowledged(f"no node acknowledged the shard (withdrawn from {', '.join(sorted(withdrawn))})")
             if not ranked:

@@ -57,8 +57,7 @@ class Requester(Placement):
         self.lease_seconds = lease_seconds
         self.gateway: str | None = None  # URL of this requester's own gateway (URL networks only)
         self.nodes: dict[str, NodeInfo] = {}
-        # node id -> monotonic time it was last heard of; a node not in it is gone (protocol.py)
-        self._heard: dict[str, float] = {}
+        self._live: set[str] = set()  # ids of the nodes not dropped: the others are gone (protocol.py)
         self._missed: Counter[str] = Counter()  # node id -> bids in a row it left unanswered
         self._in_flight: dict[str, float] = {}  # node id -> cpu this requester has placed there
         self._failures: dict[str, int] = {}  # node id -> attempts that failed there
@@ -137,7 +136,7 @@ class Requester(Placement):
         return self._serving | {attempt.split("/", 1)[0] for attempt in self._waiting}
 
     def live_nodes(self) -> list[NodeInfo]:
-        return [n for n in self.nodes.values() if n.id in self._heard]
+        return [n for n in self.nodes.values() if n.id in self._live]
 
     # -- handlers ---------------------------------------------------------------
     @p.handles("node_info")
@@ -149,7 +148,7 @@ class Requester(Placement):
         if known is None or (known.executors, known.labels, known.total) != (info.executors, info.labels, info.total):
             self._roster += 1  # what could run where has changed
         self.nodes[info.id] = info
-        self._heard[info.id] = time.monotonic()
+        self._live.add(info.id)
         self._missed.pop(info.id, None)
         self._node_seen.set()
 
@@ -300,7 +299,7 @@ class Requester(Placement):
                 lease[0] = time.monotonic() + self.lease_seconds  # we cannot hear it: no fault of the node
                 continue
             if remaining <= 0:
-                self._heard.pop(node, None)  # not live until it announces again
+                self._live.discard(node)  # not live until it announces again
                 await self.cancel(node, request)  # in case it is only slow: never two runs at once
                 return ShardResult(job_id=request.job_id, shard_index=request.shard_index,
                                    shard_id=request.shard_id, attempt=request.attempt,

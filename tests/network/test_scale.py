@@ -61,7 +61,7 @@ def test_placement_ranks_a_bounded_sample_of_a_large_network(tmp_path):
     ranked = requester.candidates(request, {}, set())
     assert len(ranked) == SAMPLE and len(set(ranked)) == SAMPLE
     assert set(requester.candidates(request, {"zone": "b"}, set())) == labelled  # rare nodes are still found
-    requester._heard.clear()  # every node dropped (no bids answered)
+    requester._live.clear()  # every node dropped (no bids answered)
     with pytest.raises(Exception, match="no compute node is reachable"):
         requester.candidates(request, {}, set())
 
