@@ -22,7 +22,7 @@ from itertools import repeat
 from operator import itemgetter
 from typing import Iterator, Sequence
 
-from .datum import Datum, Mount
+from .datum import Datum
 from .glob import GlobPattern, compile_glob
 from .inputs import InputRoot
 
@@ -57,12 +57,9 @@ def plan_datums(input_name: str, root: InputRoot, glob: str, exclude: Sequence[s
 
 
 def single_datums(input_name: str, paths: Sequence[str]) -> list[Datum]:
-    """`[Datum.single(input_name, p) for p in paths]`, built by C-level calls only: the named
-    tuples' own constructors are Python functions, and building 10^5 of them took longer than
-    listing the files (issue 13)."""
-    new = tuple.__new__
-    mounts = map(new, repeat(Mount), zip(repeat(input_name), paths))
-    return list(map(new, repeat(Datum), zip(zip(mounts))))
+    """`[Datum.single(input_name, p) for p in paths]`, built by C-level calls only: a Python
+    constructor called 10^5 times took longer than listing the files (issue 13)."""
+    return list(map(tuple.__new__, repeat(Datum), zip(repeat(input_name), paths)))
 
 
 def _datum_paths(root: InputRoot, glob: str, exclude: Sequence[str]) -> list[str]:

@@ -1,11 +1,13 @@
 """Planning's fast paths (issue 13): a local listing comes sorted, datums are built in bulk, and
 `/**` needs no regex; each gives exactly what the plain way gives."""
 
+import copy
 import os
+import pickle
 
 import pytest
 
-from bacalhau_flow.plan.datum import Datum
+from bacalhau_flow.plan.datum import Datum, Mount
 from bacalhau_flow.plan.datums import match_paths, plan_datums, single_datums
 from bacalhau_flow.plan.glob import compile_glob
 from bacalhau_flow.plan.inputs import open_input
@@ -76,7 +78,28 @@ def test_every_file_glob_selects_every_file_and_no_folder():
     assert compile_glob("/**/*.txt").select(["/a.txt", "/a.csv"], False) == ["/a.txt"]  # not the shortcut
 
 
-def test_single_datums_are_the_same_named_tuples():
+def test_single_datums_are_the_same_datums():
     built = single_datums("in", ["/a", "/b/c"])
     assert built == [Datum.single("in", "/a"), Datum.single("in", "/b/c")]
-    assert type(built[0]) is Datum and built[0].mounts[0].input == "in" and built[1].to_json() == {"in": ["/b/c"]}
+    assert type(built[0]) is Datum and built[0].mounts == (Mount("in", "/a"),)
+    assert built[1].to_json() == {"in": ["/b/c"]}
+
+
+MOUNT_LISTS = [
+    [("a", "/x")], [("a", "/x"), ("b", "/y")], [("a", "/x"), ("a", "/z")], [("a", "/x "), ("b", "/")],
+    [("a", "/x/y")], [("ab", "/")], [("a", "/x"), ("b", "/y"), ("c", "/z")], [("b", "/")],
+]
+
+
+def test_flat_datums_order_hash_and_copy_as_their_mounts():
+    """A Datum is stored flat (input, path, ...): it must sort, compare and hash as the tuple of
+    its Mounts did, and copy and pickle back to itself."""
+    nested = [tuple(Mount(*m) for m in mounts) for mounts in MOUNT_LISTS]
+    datums = [Datum(mounts) for mounts in nested]
+    assert [d.mounts for d in datums] == nested
+    assert [d.mounts for d in sorted(datums)] == sorted(nested)
+    assert len(set(datums + [Datum(m) for m in nested])) == len(nested)
+    assert [Datum.from_json(d.to_json()) for d in datums] == datums
+    assert copy.deepcopy(datums) == datums and pickle.loads(pickle.dumps(datums)) == datums
+    assert type(pickle.loads(pickle.dumps(datums[1]))) is Datum
+    assert repr(datums[0]) == "Datum((Mount(input='a', path='/x'),))"
