@@ -101,7 +101,7 @@ async def run_shard(index: int):
 
 
 def _report(run: JobRun, index: int, result) -> ShardReport:
-    return ShardReport.of(run.content, [d.to_json() for d in run.shards[index].datums], result)
+    return ShardReport.of(run.content, run.shards[index].datums_json, result)
 
 
 async def _all_ended(futures, timeout: float | None = None) -> None:
@@ -201,7 +201,7 @@ def compile_flow(run: JobRun, network: str | None = None, nodes: int = 3, run_na
             _IN_FLIGHT.pop(run.job.id, None)
             runner.call_soon(runner.requester.serve_job, run.job.id, False)
         state = _end_state(run)
-        artifacts = publish_artifacts(run.jobs.get(run.job.id), run.content, context.client, context.flow_run.id)
+        artifacts = publish_artifacts(run.record(), run.content, context.client, context.flow_run.id)
         if run.interrupted:  # the user is waiting for the prompt: the UI's table must not keep them
             try:
                 await asyncio.wait_for(artifacts, ARTIFACTS_TIMEOUT)

@@ -161,6 +161,15 @@ class JobRun:
         )
         self.on_progress(result.shard_index, result.state if final else "retrying")
 
+    def record(self) -> JobRecord:
+        """The job as the store has it now, each shard's datums taken from this run's plan
+        rather than parsed again from the store (~35 ms a read for 10^4 datums). Read-only."""
+        job = self.jobs.get(self.job.id, with_shards=False)
+        job.shards = self.jobs.shard_outcomes(self.job.id)
+        for shard in job.shards:
+            shard.datums = self.shards[shard.index].datums_json
+        return job
+
     def finish(self) -> JobRecord:
         """Merge what completed and set the job's final state. Returns the updated record, its
         shards without their datums (`jobs.get` has them): a job of 10^5 datums is read twice

@@ -84,7 +84,7 @@ def _run_pipeline(pipeline: Pipeline, *, plan, network, nodes, job_id, on_progre
     transform_key, keys = content_keys(pipeline, plan.shards, jobs)
     job = jobs.create_job(
         pipeline.name,
-        [(s.index, s.id, [d.to_json() for d in s.datums]) for s in plan.shards],
+        [(s.index, s.id, s.datums_json) for s in plan.shards],
         spec_file=pipeline.source_file,
         conflict=pipeline.output.conflict,
         job_id=job_id,
@@ -119,7 +119,7 @@ def _run_pipeline(pipeline: Pipeline, *, plan, network, nodes, job_id, on_progre
         jobs.cancel_unfinished_shards(job.id)
         jobs.set_job(job.id, state="failed", error=str(e))
         raise
-    record = jobs.get(job.id)
+    record = run.record()
     if record.state in ("queued", "running"):
         # The flow ended without finishing the job (a crash in Prefect or in our code).
         message = getattr(state, "message", None) or "the flow run crashed"

@@ -113,7 +113,9 @@ class Placement:
     async def _place(self, request: ShardRequest, selector: dict[str, str], avoid: set[str],
                      secrets: dict[str, str]) -> str:
         never: dict[str, str] = {}  # node -> why it said it never could (too small, not trusted, ...)
-        body = {"request": request.model_dump(), "selector": selector}  # one dump for every bidder
+        # One dump for every bidder; the datums as they are (JSON already, never changed: JobRun.request),
+        # not copied by pydantic: a shard of 100 datums is 100 dicts and 100 lists a dump.
+        body = {"request": {**request.model_dump(exclude={"datums"}), "datums": request.datums}, "selector": selector}
         while True:
             up = self.transport.up_since()
             if up == math.inf:  # what is sent now may arrive much later
