@@ -24,7 +24,8 @@ from bacalhau_flow.flow.prefect_api import use_prefect  # noqa: E402
 
 use_prefect()
 
-from overhead_bench import prefect, settle  # noqa: E402
+from overhead_bench import prefect  # noqa: E402
+from prefect_server import settle, stop_own_server  # noqa: E402
 
 from bacalhau_flow.flow.runner import run_pipeline  # noqa: E402
 from bacalhau_flow.network.devstack import Devstack  # noqa: E402
@@ -234,10 +235,4 @@ if __name__ == "__main__":
         else:
             sys.exit(__doc__)
     finally:
-        if OWN_HOME:  # an idle server left behind keeps using CPU and skews later runs
-            from prefect._internal.concurrency.services import QueueService
-
-            from bacalhau_flow.flow.server import stop_server
-
-            QueueService.drain_all(timeout=10)  # queued logs and events, before their server goes
-            stop_server()
+        stop_own_server(OWN_HOME)

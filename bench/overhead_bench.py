@@ -31,6 +31,7 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 from bacalhau_flow.flow.runner import run_pipeline  # noqa: E402
+from prefect_server import settle, stop_own_server  # noqa: E402
 from bacalhau_flow.spec import load_spec_text  # noqa: E402
 
 
@@ -42,32 +43,6 @@ def run_true(i: int) -> int:
 @flow(task_runner=ThreadPoolTaskRunner(max_workers=16), persist_result=False)
 def plain_flow(n: int) -> int:
     return sum(f.result() for f in run_true.map(range(n)))
-
-
-def server_cpu_seconds() -> float:
-    """CPU time used so far by this process's children (Prefect's temporary server)."""
-    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(") ", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == os.getpid():
-            total += (int(fields[11]) + int(fields[12])) / tick
-    return total
-
-
-def settle(limit: float = 120.0) -> None:
-    """Wait until Prefect's server has digested the events of the previous run, so that no
-    run pays for the one before it (the server shares this machine's 2 cores)."""
-    deadline = time.monotonic() + limit
-    last = server_cpu_seconds()
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        now = server_cpu_seconds()
-        if now - last < 0.05:
-            return
-        last = now
 
 
 def raw(n: int) -> float:
@@ -118,7 +93,4 @@ if __name__ == "__main__":
     try:
         main([int(a) for a in sys.argv[1:]] or [1, 100, 1000])
     finally:
-        if OWN_HOME:  # an idle server left behind keeps using CPU and skews later runs
-            from bacalhau_flow.flow.server import stop_server
-
-            stop_server()
+        stop_own_server(OWN_HOME)

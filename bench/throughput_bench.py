@@ -29,7 +29,6 @@ the Prefect server during the best bflow run (on a busy machine the wall times s
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -38,6 +37,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from prefect_server import cpu_seconds, server_pid, settle, stop_own_server  # noqa: E402  (bench/ is on the path)
 
 PER_FOLDER = 100
 
@@ -93,35 +93,6 @@ def shell_loop(data: Path, paths: list[str], batch: int, tmp: Path, run: str, re
     return took, time.perf_counter() - t
 
 
-def cpu_seconds(pid: int) -> float:
-    """user + system CPU seconds of process `pid` so far (0 when it cannot be read)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
-    except (OSError, IndexError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def server_pid() -> int:
-    from bacalhau_flow.flow.server import server_home
-
-    try:
-        return json.loads((server_home() / "server.json").read_text())["pid"]
-    except (OSError, ValueError, KeyError):
-        return 0
-
-
-def settle(pid: int, limit: float = 60.0) -> None:
-    """Wait until the Prefect server has digested the runs before (it shares the cores)."""
-    deadline, last = time.monotonic() + limit, cpu_seconds(pid)
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        now = cpu_seconds(pid)
-        if now - last < 0.05:
-            return
-        last = now
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datums", type=int, default=10_000)
@@ -161,11 +132,11 @@ def main() -> int:
         server = server_pid()
         loops, bare, runs = [], [], []
         for run in range(args.repeat):
-            settle(server)
+            settle()
             loops.append(shell_loop(data, paths, batch, tmp, f"{run}", remove_each=True))
-            settle(server)
+            settle()
             bare.append(shell_loop(data, paths, batch, tmp, f"{run}-bare", remove_each=False))
-            settle(server)
+            settle()
             own, theirs = os.times(), cpu_seconds(server)
             took = bflow(reprocess=True)
             after = os.times()
@@ -183,13 +154,7 @@ def main() -> int:
         print(f"ratio bflow / loop: {took / loop:.2f}x ({took / (bare_loop + bare_clean):.2f}x the loop that removes "
               f"at the end) (aim: 2,000 datums/s and within 2x)")
     finally:
-        if own_home:  # an idle server left behind keeps using CPU and skews later runs
-            from prefect._internal.concurrency.services import QueueService
-
-            from bacalhau_flow.flow.server import stop_server
-
-            QueueService.drain_all(timeout=10)  # queued logs and events, before their server goes
-            stop_server()
+        stop_own_server(own_home)
         subprocess.run(["chmod", "-R", "u+w", str(tmp)], check=False)
         subprocess.run(["rm", "-rf", str(tmp)], check=False)
     return 0
