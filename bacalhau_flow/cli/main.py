@@ -339,12 +339,15 @@ def resume(
 
 
 @command()
-def get(job: str, output: Path = typer.Option(..., "--output", "-o", help="folder to write the results into")):
+def get(job: str, output: Path = typer.Option(..., "--output", "-o", help="folder to write the results into"),
+        as_json: bool = typer.Option(False, "--json", help='print {"id", "state", "cid", "output"}')):
     """Fetch a job's results: stdout, stderr, outputs/, shards/<index>/, manifest.json."""
     from ..jobs.results import write_results
 
     record = _store().get(job)
     write_results(_content(), record, output)
+    if as_json:
+        print(json.dumps({"id": record.id, "state": record.state, "cid": record.cid, "output": str(output)}))
     render.err.print(f"job {record.id} ({record.state}) written to {output}", highlight=False)
 
 
@@ -375,11 +378,15 @@ def add(path: Path = typer.Argument(..., help="a file or folder"),
 
 
 @command()
-def cancel(job: str, wait: float = typer.Option(30.0, help="seconds to wait for the job to stop")):
+def cancel(job: str, wait: float = typer.Option(30.0, help="seconds to wait for the job to stop"),
+           as_json: bool = typer.Option(False, "--json", help='print {"id", "state", "cancelled"}: cancelled is '
+                                                              'false for a job that had already ended')):
     """Stop a running job: in-flight shards are killed, the job is marked cancelled."""
     store = _store()
     record = store.get(job, with_shards=False)
     if record.state not in ("queued", "running", "interrupted"):
+        if as_json:
+            print(json.dumps({"id": record.id, "state": record.state, "cancelled": False}))
         render.err.print(f"job {record.id} already ended: {record.state}", highlight=False)
         return
     from ..jobs.owner import owner_alive_here
@@ -394,7 +401,10 @@ def cancel(job: str, wait: float = typer.Option(30.0, help="seconds to wait for 
     if store.get(record.id, with_shards=False).state in ("queued", "running", "interrupted"):
         store.cancel_unfinished_shards(record.id)
         store.set_job(record.id, state="cancelled", error="cancelled by the user")
-    render.err.print(f"job {record.id} cancelled", highlight=False)
+    state = store.get(record.id, with_shards=False).state  # it may have ended on its own meanwhile
+    if as_json:
+        print(json.dumps({"id": record.id, "state": state, "cancelled": state == "cancelled"}))
+    render.err.print(f"job {record.id} {state}", highlight=False)
 
 
 
@@ -430,6 +440,8 @@ def deploy(
     spec: Path,
     network: Optional[str] = typer.Option(None, help="network URL the runs use; default: an embedded network"),
     delete: bool = typer.Option(False, "--delete", help="remove the deployments of SPEC's pipelines"),
+    as_json: bool = typer.Option(False, "--json", help='print {"deployments": [{"name", "pipeline", "action", '
+                                                       '"schedule", "id"}]}'),
     tls_ca: Optional[Path] = nats_options.TLS_CA_OPTION,
     tls_cert: Optional[Path] = nats_options.TLS_CERT_OPTION,
     tls_key: Optional[Path] = nats_options.TLS_KEY_OPTION,
@@ -440,8 +452,12 @@ def deploy(
 
     network = nats_options.secure(network, tls_ca, tls_cert, tls_key, creds, warn=None if delete else render.warn)
 
-    for line in deploy_spec(spec, network=network, delete=delete, echo=_say):
-        print(line, flush=True)
+    done = deploy_spec(spec, network=network, delete=delete, echo=_say)
+    if as_json:
+        print(json.dumps({"deployments": [d.to_json() for d in done]}))
+        return
+    for d in done:
+        print(d.line(), flush=True)
 
 
 @command()

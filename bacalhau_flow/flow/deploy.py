@@ -25,8 +25,9 @@ from .scheduled import TAG, job_id_for
 from .server import ServerError
 
 ENTRYPOINT = "bacalhau_flow.flow.scheduled:scheduled_pipeline"  # the body serve runs
+NO_SCHEDULE = "no schedule"  # describe_schedule of a pipeline without one
 
-__all__ = ["TAG", "Api", "DeployError", "connect", "deploy", "deployment_name", "describe_schedule",
+__all__ = ["TAG", "Api", "DeployError", "Deployed", "connect", "deploy", "deployment_name", "describe_schedule",
            "job_id_for"]
 
 
@@ -70,10 +71,39 @@ def client():
 
 
 # -- deploy ---------------------------------------------------------------------------
+@dataclass
+class Deployed:
+    """What `deploy` did to one pipeline's deployment: `action` is deployed, updated, deleted or
+    "not deployed" (a --delete of a deployment that was not there)."""
+
+    pipeline: str
+    action: str
+    schedule: str | None = None  # describe_schedule, for a deployment made or updated
+    id: str | None = None  # the Prefect deployment's id, for one made or updated
+
+    @property
+    def name(self) -> str:
+        return deployment_name(self.pipeline)
+
+    def line(self) -> str:
+        """`bflow-p/p: deployed, every 60 s (UTC)`: what `bflow deploy` prints."""
+        if self.schedule is None:
+            return f"{self.name}: {self.action}"
+        line = f"{self.name}: {self.action}, {self.schedule}"
+        if self.schedule == NO_SCHEDULE:
+            line += (f" (runs only when started: `prefect deployment run {self.name}` with PREFECT_API_URL "
+                     "set to the api `bflow server status` names; `bflow serve` executes it)")
+        return line
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "pipeline": self.pipeline, "action": self.action, "schedule": self.schedule,
+                "id": self.id}
+
+
 def describe_schedule(pipeline: Pipeline) -> str:
     s = pipeline.schedule
     if s is None:
-        return "no schedule"
+        return NO_SCHEDULE
     when = f"cron '{s.cron}'" if s.cron is not None else f"every {s.interval:g} s"
     return f"{when} ({s.timezone or 'UTC'})"
 
@@ -94,9 +124,9 @@ def _prefect_schedule(pipeline: Pipeline):
 
 
 def deploy(spec: Path, *, network: str | None = None, delete: bool = False,
-           echo: Callable[[str], None] = print) -> list[str]:
+           echo: Callable[[str], None] = print) -> list[Deployed]:
     """Create or update (or with `delete`, remove) the deployment of every pipeline in
-    `spec`; return one line per pipeline saying what was done. Raises SpecError for a bad
+    `spec`; return what was done to each. Raises SpecError for a bad
     spec, ServerError / DeployError when the Prefect API fails."""
     pipelines = load_spec(spec)  # before any server starts: a bad spec fails fast
     spec_path = str(Path(spec).resolve())
@@ -116,8 +146,8 @@ def deploy(spec: Path, *, network: str | None = None, delete: bool = False,
                           retryable=True) from None
 
 
-def _deploy_one(prefect, p: Pipeline, spec_path: str, network: str | None, delete: bool) -> str:
-    """Create, update or delete the deployment of pipeline `p`; the line saying which."""
+def _deploy_one(prefect, p: Pipeline, spec_path: str, network: str | None, delete: bool) -> Deployed:
+    """Create, update or delete the deployment of pipeline `p`; what was done."""
     from prefect.exceptions import ObjectNotFound
 
     name = deployment_name(p.name)
@@ -127,19 +157,16 @@ def _deploy_one(prefect, p: Pipeline, spec_path: str, network: str | None, delet
         existing = None
     if delete:
         if existing is None:
-            return f"{name}: not deployed"
+            return Deployed(p.name, "not deployed")
         prefect.delete_deployment(existing.id)
-        return f"{name}: deleted"
+        return Deployed(p.name, "deleted")
     flow_id = prefect.create_flow_from_name(f"bflow-{p.name}")
-    prefect.create_deployment(
+    deployment_id = prefect.create_deployment(
         flow_id=flow_id, name=p.name, schedules=_prefect_schedule(p),
         parameters={"spec": spec_path, "pipeline": p.name, "network": network},
         tags=[TAG, p.name], description=p.description, entrypoint=ENTRYPOINT, paused=False,
     )
-    line = f"{name}: {'updated' if existing is not None else 'deployed'}, {describe_schedule(p)}"
-    if p.schedule is None:
-        line += (f" (runs only when started: `prefect deployment run {name}` with PREFECT_API_URL "
-                 "set to the api `bflow server status` names; `bflow serve` executes it)")
-    return line
+    return Deployed(p.name, "updated" if existing is not None else "deployed", describe_schedule(p),
+                    str(deployment_id))
 
 

@@ -8,6 +8,7 @@ edited command, delete, Ctrl-C (serve stops, the server stays), `bflow server st
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from datetime import UTC
@@ -133,8 +134,14 @@ def test_deploy_serve_redeploy_delete_and_stop(tmp_path, monkeypatch):
         # When the command is edited and redeployed, the next run uses the new command.
         spec.write_text(SPEC.format(word="second"))
         after = _now_iso()  # runs re-read the spec: every job created from now on has the new command
-        redeployed = bflow_in(home, "deploy", spec)
-        assert "bflow-tick/tick: updated, every 3 s (UTC)" in redeployed.stdout, redeployed.stderr
+        redeployed = bflow_in(home, "deploy", spec, "--json")
+        assert redeployed.returncode == 0, redeployed.stderr
+        updated = json.loads(redeployed.stdout)["deployments"]
+        assert [(d["name"], d["pipeline"], d["action"], d["schedule"]) for d in updated] == [
+            ("bflow-tick/tick", "tick", "updated", "every 3 s (UTC)"),
+            ("bflow-manual/manual", "manual", "updated", "no schedule"),
+            ("bflow-after/after", "after", "updated", "no schedule")]
+        assert [d["id"] for d in updated] == [_deployment(api, d["name"])["id"] for d in updated]
         assert "starting Prefect server" not in redeployed.stderr
         newer = _wait_jobs("tick", 1, timeout=30, after=after)
         assert bflow("logs", newer[-1]["id"]).stdout == "second\nsecond\n"
@@ -144,6 +151,10 @@ def test_deploy_serve_redeploy_delete_and_stop(tmp_path, monkeypatch):
         deleted = bflow_in(home, "deploy", "--delete", spec)
         assert "bflow-tick/tick: deleted" in deleted.stdout and "bflow-manual/manual: deleted" in deleted.stdout
         assert "bflow-after/after: deleted" in deleted.stdout
+        again = json.loads(bflow_in(home, "deploy", "--delete", spec, "--json").stdout)["deployments"]
+        assert [(d["name"], d["action"], d["id"]) for d in again] == [
+            ("bflow-tick/tick", "not deployed", None), ("bflow-manual/manual", "not deployed", None),
+            ("bflow-after/after", "not deployed", None)]
         time.sleep(2)  # a run already claimed may still finish
         count = len(_jobs("tick"))
         time.sleep(4)

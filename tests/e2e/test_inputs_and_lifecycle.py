@@ -123,10 +123,13 @@ def test_detach_returns_at_once_and_cancel_stops_the_job(tmp_path):
     deadline = time.monotonic() + 60
     while store.get(job_id).shards[0].state != "running" and time.monotonic() < deadline:
         time.sleep(0.2)
-    c = bflow("cancel", job_id[:12])
-    assert c.code == 0
+    c = bflow("cancel", job_id[:12], "--json")
+    assert c.code == 0, c.stderr
+    assert c.json() == {"id": job_id, "state": "cancelled", "cancelled": True}
     assert _wait_state(store, job_id, {"cancelled"}, timeout=30) == "cancelled"
     assert store.get(job_id).shards[0].state == "cancelled"
+    again = bflow("cancel", job_id, "--json")  # already ended: nothing to do, said so
+    assert again.code == 0 and again.json() == {"id": job_id, "state": "cancelled", "cancelled": False}
 
 
 def test_detached_job_completes_and_its_results_can_be_fetched(tmp_path):
@@ -137,7 +140,10 @@ def test_detached_job_completes_and_its_results_can_be_fetched(tmp_path):
     job_id = bflow("run", spec, "--detach").stdout.strip()
     assert _wait_state(JobStore(jobs_db()), job_id, {"completed", "failed"}) == "completed"
     out = tmp_path / "out"
-    assert bflow("get", job_id, "-o", out).code == 0
+    got = bflow("get", job_id, "-o", out, "--json")
+    assert got.code == 0, got.stderr
+    cid = bflow("describe", job_id, "--json").json()["cid"]
+    assert got.json() == {"id": job_id, "state": "completed", "cid": cid, "output": str(out)} and cid
     assert (out / "outputs" / "copy").read_text() == "hello"
 
 
