@@ -32,6 +32,7 @@ from ..transports.base import Envelope, Transport, TransportError
 from . import protocol as p
 from .capacity import CapacityManager
 from .liveness import RequesterWatch
+from .news import Round, round_for
 from .messages import Capacity, NodeInfo, ShardRequest, ShardResult
 from .shard_run import run_shard_attempt
 
@@ -83,7 +84,9 @@ class ComputeNode:
         self._queued = 0
         self._pool = ThreadPoolExecutor(max_workers=max(4, int(capacity.cpu * 10)), thread_name_prefix=self.id)
         self._subs: list = []
-        self._announcer: asyncio.Task | None = None
+        self._news: Round | None = None  # the timer it looks for news on, shared (network/news.py)
+        self._announced_up = math.inf  # the connection (`up_since`) it last announced itself on
+        self._probing: asyncio.Task | None = None  # a look again at the executors it could not offer
         self._announce_pending: asyncio.Task | None = None
         self.started_at = time.time()
         self.gateway: str | None = None  # its IPFS gateway's URL, announced in NodeInfo (set by Devstack)
@@ -104,11 +107,16 @@ class ComputeNode:
             await t.subscribe(p.node_subject(self.id, "blocks"), self._on_blocks),
             await t.subscribe(p.DISCOVER, self._on_discover),
         ]
+        self._announced_up = t.up_since()
         await self.announce()
-        self._announcer = asyncio.ensure_future(self._announce_forever())
+        self._news = round_for(self.check_seconds)
+        self._news.join(self)
 
     async def stop(self) -> None:
-        for task in (self._announcer, self._announce_pending):
+        if self._news is not None:
+            self._news.leave(self)
+            self._news = None
+        for task in (self._probing, self._announce_pending):
             if task:
                 task.cancel()
         for sub in self._subs:
@@ -142,23 +150,25 @@ class ComputeNode:
 
             self._announce_pending = asyncio.ensure_future(later())
 
-    async def _announce_forever(self) -> None:
-        """Announce again only with news (protocol.py): an executor it could not offer came up,
-        or its connection came back (requesters may have dropped it meanwhile). Its load is
-        announced as it changes (`_announce_soon`)."""
-        announced_up = self.transport.up_since()
-        while True:  # jittered: nodes started together do not look together ever after
-            await asyncio.sleep(self.check_seconds * random.uniform(0.8, 1.2))
-            news = False
-            if self.unavailable and time.monotonic() - self._probed > REPROBE_SECONDS:
-                offered = list(self.executors)
-                await self._probe_again()
-                news = self.executors != offered
-            up = self.transport.up_since()
-            if up != announced_up and up != math.inf:
-                announced_up, news = up, True
-            if news:
-                await self.announce()
+    def look_for_news(self) -> None:
+        """Called every `check_seconds` (network/news.py): announce again only with news
+        (protocol.py), that is when an executor it could not offer came up, or its connection
+        came back (requesters may have dropped it meanwhile), at a random moment within the
+        interval, since the nodes of one process look together. Its load is announced as it
+        changes (`_announce_soon`)."""
+        if self.unavailable and (self._probing is None or self._probing.done()) \
+                and time.monotonic() - self._probed > REPROBE_SECONDS:
+            self._probing = asyncio.ensure_future(self._reprobe())
+        up = self.transport.up_since()
+        if up != self._announced_up and up != math.inf:
+            self._announced_up = up
+            self._announce_soon(random.uniform(0, self.check_seconds))
+
+    async def _reprobe(self) -> None:
+        offered = list(self.executors)
+        await self._probe_again()
+        if self.executors != offered:
+            await self.announce()
 
     async def _probe_again(self) -> None:
         """Ask again for the executors it could not offer: a Docker engine may have started."""

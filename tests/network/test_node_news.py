@@ -134,3 +134,46 @@ def test_a_node_back_from_an_outage_announces_itself(tmp_path, quick_checks):
         assert ids <= set(announced), f"announced: {announced}, not every node of {ids}"
     finally:
         server.stop()
+
+
+def test_a_node_announces_an_executor_that_came_up_and_its_process_looks_on_one_timer(
+        tmp_path, quick_checks, monkeypatch):
+    """The nodes of one process look for news on one shared timer (network/news.py); a node
+    that could not offer docker looks again, and announces docker once it can."""
+    from bacalhau_flow.network import node as node_module
+    from bacalhau_flow.network import news
+
+    engine = {"up": False}
+
+    def offered(names=None):
+        names = ["local", "docker"] if names is None else names
+        up = [n for n in names if n != "docker" or engine["up"]]
+        return up, {n: "no Docker engine" for n in names if n not in up}
+
+    monkeypatch.setattr(node_module, "offered_executors", offered)
+    monkeypatch.setattr(node_module, "REPROBE_SECONDS", 0.2)
+    url = f"memory://probe-{uuid.uuid4().hex[:8]}"
+    with Devstack(url, nodes=3, root=tmp_path / "nodes") as stack:
+        async def run():
+            rounds = [n._news for n in stack.nodes]
+            assert rounds[0] is not None and all(r is rounds[0] for r in rounds)
+            assert len(news._ROUNDS[asyncio.get_running_loop()]) == 1
+            heard: list[dict] = []
+            listener = SignedTransport(transport_for(url), Identity.generate())
+            await listener.connect()
+
+            async def one(envelope: Envelope) -> None:
+                heard.append(envelope.body)
+
+            await listener.subscribe(p.ANNOUNCE, one)
+            await asyncio.sleep(0.6)  # looks again, finds nothing new: silent
+            quiet = list(heard)
+            engine["up"] = True
+            await asyncio.sleep(1.0)
+            await listener.close()
+            return quiet, heard
+
+        quiet, heard = stack.call(run())
+    assert quiet == []
+    assert {b["id"] for b in heard if "docker" in b["executors"] and not b["unavailable"]} == \
+        {n.id for n in stack.nodes}
