@@ -78,7 +78,8 @@ async def open_network(url: str | None = None, nodes: int = EMBEDDED_NODES) -> A
 
             gateway = gateway_for(store, transport, advertise=os.environ.get("BFLOW_ADVERTISE") or None)
             requester.gateway = await gateway.start()
-        await requester.start(expect_nodes=max(1, len(started)), spread=0.0 if url is None else DISCOVER_SPREAD)
+        await requester.start(expect_nodes=max(1, len(started)), spread=0.0 if url is None else DISCOVER_SPREAD,
+                              all_expected=url is None)
         yield requester
     finally:
         await requester.stop()

@@ -145,11 +145,18 @@ class Placement:
             asked = ranked[:BIDDERS]
             bids = [b for b in await asyncio.gather(*(self._bid(n, body) for n in asked)) if b]
             never.update((b.node, b.reason or f"node {b.node} never could") for b in bids if b.never)
-            order = {n: i for i, n in enumerate(asked)}
             cpu = request.resources.cpu
+            room = {b.node for b in bids if b.accepted and self._has_room(b, cpu)}
+            if not room and any(b.accepted for b in bids) and time.monotonic() < self._answers_until:
+                # Every node it asked would queue the shard, while answers to its discover may
+                # still come: a node with room may be among them. Choose again once they came.
+                await asyncio.sleep(max(0.05, self._answers_until - time.monotonic()))
+                continue
+            order = {n: i for i, n in enumerate(asked)}
             # ranked when each is tried: placements running beside this one may have taken a node since
             for bid in sorted((b for b in bids if b.accepted),
-                              key=lambda b: (not b.ready, b.queued, self._in_flight.get(b.node, 0.0), order[b.node])):
+                              key=lambda b: (b.node not in room, b.queued, self._in_flight.get(b.node, 0.0),
+                                             order[b.node])):
                 self._accepted[request.attempt_id] = bid.node  # before the accept: a fast result may beat its ack
                 self._in_flight[bid.node] = self._in_flight.get(bid.node, 0.0) + cpu
                 if await self._accept(bid.node, self._with_secrets(body, bid.node, secrets), request):
@@ -158,6 +165,13 @@ class Placement:
                 self._accepted.pop(request.attempt_id, None)
             if any(not b.never for b in bids) or not bids:
                 await asyncio.sleep(NO_BID_RETRY_SECONDS)  # busy or no answer: nodes may be restarting
+
+    def _has_room(self, bid: p.Bid, cpu: float) -> bool:
+        """The bid says the shard fits now, and what this requester placed there since (its
+        placements run side by side: a node bids ready to each before any accept arrives)
+        leaves room for it too."""
+        info = self.nodes.get(bid.node)
+        return bid.ready and (info is None or self._in_flight.get(bid.node, 0.0) + cpu <= info.total.cpu + 1e-9)
 
     def _with_secrets(self, body: dict, node: str, secrets: dict[str, str]) -> dict:
         """The accept for `node`, carrying the shard's secrets sealed to that node's key (in the

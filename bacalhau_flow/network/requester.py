@@ -83,9 +83,11 @@ class Requester(Placement):
         self._unclaimed: OrderedDict[str, tuple[str, ShardResult]] = OrderedDict()
 
     # -- lifecycle --------------------------------------------------------------
-    async def start(self, expect_nodes: int = 1, wait: float = 5.0, spread: float = p.DISCOVER_SPREAD_SECONDS) -> None:
+    async def start(self, expect_nodes: int = 1, wait: float = 5.0, spread: float = p.DISCOVER_SPREAD_SECONDS,
+                    all_expected: bool = False) -> None:
         """Listen for announcements and ask every node to answer within `spread` s; wait up
-        to `wait` s for `expect_nodes`."""
+        to `wait` s for `expect_nodes`. With `all_expected`, those are every node there is (the
+        embedded network's): once they answered, no other answer is waited for."""
         t = self.transport
         self._subs = [
             await t.subscribe(p.ANNOUNCE, self._on_announce),
@@ -102,6 +104,8 @@ class Requester(Placement):
                 await asyncio.wait_for(self._node_seen.wait(), max(0.0, deadline - time.monotonic()))
             except asyncio.TimeoutError:
                 break
+        if all_expected and len(self.live_nodes()) >= expect_nodes:
+            self._answers_until = time.monotonic()
 
     async def discover(self, spread: float = p.DISCOVER_SPREAD_SECONDS) -> None:
         """Ask every node for its NodeInfo, answered on this requester's own subject."""
