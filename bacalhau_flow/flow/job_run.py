@@ -171,12 +171,10 @@ class JobRun:
         return job
 
     def finish(self) -> JobRecord:
-        """Merge what completed and set the job's final state. Returns the updated record, its
-        shards without their datums (`jobs.get` has them): a job of 10^5 datums is read twice
-        here, and parsing them was most of the read."""
+        """Merge what completed and set the job's final state. Returns the updated record (its
+        shards' datums from the plan, as `record` has them)."""
         self.finished = True
-        job = self.jobs.get(self.job.id, with_shards=False)
-        job.shards = self.jobs.shard_outcomes(self.job.id)
+        job = self.record()
         failed = [s for s in job.shards if s.state not in ("completed", "skipped")]  # skipped: reused success
         error = None
         try:

@@ -158,25 +158,23 @@ class ComputeNode:
         changes (`_announce_soon`)."""
         if self.unavailable and (self._probing is None or self._probing.done()) \
                 and time.monotonic() - self._probed > REPROBE_SECONDS:
-            self._probing = asyncio.ensure_future(self._reprobe())
+            self._probing = asyncio.ensure_future(self._probe_again())
         up = self.transport.up_since()
         if up != self._announced_up and up != math.inf:
             self._announced_up = up
             self._announce_soon(random.uniform(0, self.check_seconds))
 
-    async def _reprobe(self) -> None:
-        offered = list(self.executors)
-        await self._probe_again()
-        if self.executors != offered:
-            await self.announce()
-
     async def _probe_again(self) -> None:
-        """Ask again for the executors it could not offer: a Docker engine may have started."""
+        """Ask again for the executors it could not offer (a Docker engine may have started);
+        announce when it offers more."""
         self._probed = time.monotonic()
+        before = list(self.executors)
         loop = asyncio.get_running_loop()
         offered, unavailable = await loop.run_in_executor(self._pool, offered_executors, list(self.unavailable))
         self.executors = sorted(set(self.executors) | set(offered), key=available_executors().index)
         self.unavailable = unavailable
+        if self.executors != before:
+            await self.announce()
 
     # -- handlers ---------------------------------------------------------------
     @p.handles("discover")
