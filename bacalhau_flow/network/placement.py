@@ -114,8 +114,12 @@ class Placement:
                      secrets: dict[str, str]) -> str:
         never: dict[str, str] = {}  # node -> why it said it never could (too small, not trusted, ...)
         # One dump for every bidder; the datums as they are (JSON already, never changed: JobRun.request),
-        # not copied by pydantic: a shard of 100 datums is 100 dicts and 100 lists a dump.
-        body = {"request": {**request.model_dump(exclude={"datums"}), "datums": request.datums}, "selector": selector}
+        # not copied by pydantic: a shard of 100 datums is 100 dicts and 100 lists a dump. A bid
+        # is decided by the transform, resources and requester alone (ComputeNode.bid): the bid
+        # request leaves the datums out, so only the accept carries them, to one node.
+        fields = request.model_dump(exclude={"datums"})
+        body = {"request": {**fields, "datums": request.datums}, "selector": selector}
+        bid_body = {"request": {**fields, "datums": []}, "selector": selector}
         while True:
             up = self.transport.up_since()
             if up == math.inf:  # what is sent now may arrive much later
@@ -143,7 +147,7 @@ class Placement:
             if not ranked:
                 raise NoNodeCanRun("; ".join(sorted(set(never.values()))))
             asked = ranked[:BIDDERS]
-            bids = [b for b in await asyncio.gather(*(self._bid(n, body) for n in asked)) if b]
+            bids = [b for b in await asyncio.gather(*(self._bid(n, bid_body) for n in asked)) if b]
             never.update((b.node, b.reason or f"node {b.node} never could") for b in bids if b.never)
             cpu = request.resources.cpu
             room = {b.node for b in bids if b.accepted and self._has_room(b, cpu)}
