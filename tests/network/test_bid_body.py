@@ -2,7 +2,6 @@
 and the requester alone (ComputeNode.bid), so only the accept carries the datums, to the
 one node that runs the shard (a shard of 1,000 datums asked of 3 bidders sent them 4 times)."""
 
-import asyncio
 import uuid
 
 from bacalhau_flow.network.devstack import Devstack
