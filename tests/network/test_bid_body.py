@@ -25,7 +25,7 @@ def test_bids_are_asked_without_the_datums_and_the_accept_carries_them(tmp_path,
 
         def spying(original):
             async def spy(self, envelope):
-                seen.setdefault(envelope.kind, []).append(len(envelope.body["request"]["datums"]))
+                seen[envelope.kind].append(len(envelope.body["request"]["datums"]))
                 return await original(self, envelope)
             return spy
 
