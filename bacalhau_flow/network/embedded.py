@@ -22,7 +22,7 @@ from .capacity import machine_capacity
 from .identity import Identity
 from .messages import Capacity
 from .node import ComputeNode
-from .requester import Requester
+from .requester import DISCOVER_SAMPLE, Requester
 from .protocol import DISCOVER_SPREAD_SECONDS as DISCOVER_SPREAD
 
 EMBEDDED_NODES = 3
@@ -79,7 +79,7 @@ async def open_network(url: str | None = None, nodes: int = EMBEDDED_NODES) -> A
             gateway = gateway_for(store, transport, advertise=os.environ.get("BFLOW_ADVERTISE") or None)
             requester.gateway = await gateway.start()
         await requester.start(expect_nodes=max(1, len(started)), spread=0.0 if url is None else DISCOVER_SPREAD,
-                              all_expected=url is None)
+                              all_expected=url is None, sample=None if url is None else DISCOVER_SAMPLE)
         yield requester
     finally:
         await requester.stop()

@@ -1,7 +1,7 @@
 """How a requester chooses a node for a shard and has it accept the shard (the base of
 network/requester.py's `Requester`, whose state it reads: `nodes`, `_live`, `_in_flight`,
-`_failures`, `_missed`, `_withdrawn`, `_accepted`, `_discovered_up`, and whose `live_nodes`,
-`discover_again`, `_drop` and `cancel` it calls).
+`_failures`, `_missed`, `_withdrawn`, `_accepted`, `_discovered_up`, `_sampled`, and whose
+`live_nodes`, `discover_again`, `want_more_nodes`, `wait_for_answers`, `_drop` and `cancel` it calls).
 
 The nodes that could ever run a shard (executor, selector's labels, total capacity) are kept
 per kind of shard; of those a bounded random sample is ranked (not failed on by this shard,
@@ -136,11 +136,13 @@ class Placement:
                 # the discover may still come (the node that fits may be a leaf network away),
                 # or when nodes it dropped may be back: then it asks them all again
                 waiting = self.cut_off() or time.monotonic() < self._answers_until
+                if not waiting and self._sampled:  # it heard only a sample: the one that fits may be elsewhere
+                    waiting = await self.discover_again("no node of its sample could run a shard", whole=True)
                 if not waiting and len(self._live) < len(self.nodes):
                     waiting = await self.discover_again("no node left for a shard")
                 if not waiting:
                     raise
-                await asyncio.sleep(min(NO_BID_RETRY_SECONDS, max(0.05, self._answers_until - time.monotonic())))
+                await self.wait_for_answers(NO_BID_RETRY_SECONDS)
                 continue
             if not ranked and withdrawn:
                 raise Unacknowledged(f"no node acknowledged the shard (withdrawn from {', '.join(sorted(withdrawn))})")
@@ -151,10 +153,12 @@ class Placement:
             never.update((b.node, b.reason or f"node {b.node} never could") for b in bids if b.never)
             cpu = request.resources.cpu
             room = {b.node for b in bids if b.accepted and self._has_room(b, cpu)}
+            if not room:  # all full: when it knows only a sample of the nodes, it asks for more
+                await self.want_more_nodes()
             if not room and any(b.accepted for b in bids) and time.monotonic() < self._answers_until:
                 # Every node it asked would queue the shard, while answers to its discover may
                 # still come: a node with room may be among them. Choose again once they came.
-                await asyncio.sleep(max(0.05, self._answers_until - time.monotonic()))
+                await self.wait_for_answers(math.inf)
                 continue
             order = {n: i for i, n in enumerate(asked)}
             # ranked when each is tried: placements running beside this one may have taken a node since

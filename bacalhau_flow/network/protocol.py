@@ -21,6 +21,8 @@ it dropped, asks again (a discover, at most every REDISCOVER_SECONDS).
 Discovery: a requester (or `bflow nodes`) publishes a discover naming a subject of its own
 (`reply`) and a `spread`; each node answers there, at a random moment within the spread, so
 that ten thousand answers arrive as a stream at the asker alone, not as a burst at everyone.
+A job's requester reads only the first of them, a random sample (network/requester.py
+DISCOVER_SAMPLE), and then unsubscribes, so the server drops the rest.
 """
 
 from __future__ import annotations

@@ -46,6 +46,11 @@ log = logging.getLogger("bacalhau_flow.requester")
 UNCLAIMED_RESULTS = 10_000  # results of attempts not (yet) awaited, kept for `follow` (bflow resume)
 MAX_PROVIDERS = 16  # gateways named in one shard request
 DISCOVER_GRACE_SECONDS = 1.0  # beyond its spread, for the answers to a discover to arrive
+# A job's requester reads this many answers to its discover, then stops listening: a random
+# sample, since each node answers at a random moment (10,000 nodes: ~1.2 s of its CPU read all).
+# It asks for twice as many when every node it asked would queue a shard (`want_more_nodes`),
+# and hears them all before it says that no node can run a shard.
+DISCOVER_SAMPLE = 256
 
 
 class Requester(Placement):
@@ -74,6 +79,11 @@ class Requester(Placement):
         self._answers_until = 0.0  # until then the answers to its discover may still come
         self._discovered = -math.inf  # monotonic time of its last discover
         self._discovered_up = 0.0  # the transport's `up_since()` then: it changes on a reconnection
+        self.sample: int | None = None  # answers read of a discover (DISCOVER_SAMPLE); None: all
+        self._info = None  # the subscription its discovers are answered on, while it listens
+        self._answers_left: int | None = None  # answers still read of the last discover; None: all
+        self._sampled = False  # it stopped listening to the last discover before every node answered
+        self._sample_full = asyncio.Event()  # set when it has read its sample of the last discover's answers
         self._placing = asyncio.Semaphore(PLACING)
         self._subs: list = []
         # Liveness (network/liveness.py): the jobs it drives, named to their nodes every few
@@ -84,14 +94,15 @@ class Requester(Placement):
 
     # -- lifecycle --------------------------------------------------------------
     async def start(self, expect_nodes: int = 1, wait: float = 5.0, spread: float = p.DISCOVER_SPREAD_SECONDS,
-                    all_expected: bool = False) -> None:
+                    all_expected: bool = False, sample: int | None = None) -> None:
         """Listen for announcements and ask every node to answer within `spread` s; wait up
         to `wait` s for `expect_nodes`. With `all_expected`, those are every node there is (the
-        embedded network's): once they answered, no other answer is waited for."""
+        embedded network's): once they answered, no other answer is waited for. With `sample`,
+        it reads that many answers of each discover (`discover`)."""
         t = self.transport
+        self.sample = sample
         self._subs = [
             await t.subscribe(p.ANNOUNCE, self._on_announce),
-            await t.subscribe(p.requester_subject(self.id, "info"), self._on_announce),
             await t.subscribe(p.requester_subject(self.id, "progress"), self._on_progress),
             await t.subscribe(p.requester_subject(self.id, "result"), self._on_result),
         ]
@@ -107,27 +118,72 @@ class Requester(Placement):
         if all_expected and len(self.live_nodes()) >= expect_nodes:
             self._answers_until = time.monotonic()
 
-    async def discover(self, spread: float = p.DISCOVER_SPREAD_SECONDS) -> None:
-        """Ask every node for its NodeInfo, answered on this requester's own subject."""
-        body = {"reply": p.requester_subject(self.id, "info"), "spread": spread}
+    async def discover(self, spread: float = p.DISCOVER_SPREAD_SECONDS, *, whole: bool = False) -> None:
+        """Ask every node for its NodeInfo, answered on this requester's own subject. Unless
+        `whole`, only the first `self.sample` answers are read: then it stops listening, and the
+        server no longer sends it the others."""
+        self._answers_left = None if whole else self.sample
+        self._sampled = False
+        self._sample_full.clear()
         self._discovered, self._discovered_up = time.monotonic(), self.transport.up_since()
         self._answers_until = self._discovered + spread + DISCOVER_GRACE_SECONDS
+        if self._info is None:
+            self._info = await self.transport.subscribe(p.requester_subject(self.id, "info"), self._on_info)
+        body = {"reply": p.requester_subject(self.id, "info"), "spread": spread}
         await self.transport.publish(p.DISCOVER, Envelope("discover", body, sender=self.id))
 
-    async def discover_again(self, reason: str) -> bool:
-        """Discover again unless it did less than REDISCOVER_SECONDS ago; whether it asked."""
-        if time.monotonic() - self._discovered < p.REDISCOVER_SECONDS:
+    async def discover_again(self, reason: str, *, whole: bool = False) -> bool:
+        """Discover again unless it did less than REDISCOVER_SECONDS ago (however recently,
+        with `whole`: hearing every node); whether it asked."""
+        if not whole and time.monotonic() - self._discovered < p.REDISCOVER_SECONDS:
             return False
         log.info("asking the nodes again: %s", reason)
         try:
-            await self.discover()
+            await self.discover(whole=whole)
         except TransportError as e:  # the network is away: asked again when it is back
             log.info("discover failed: %s", e)
             return False
         return True
 
+    async def want_more_nodes(self) -> None:
+        """Every node it asked would queue a shard: if it knows only a sample of the network,
+        read twice as many answers of a discover (at most every REDISCOVER_SECONDS)."""
+        if self._sampled and self.sample and time.monotonic() - self._discovered >= p.REDISCOVER_SECONDS:
+            self.sample *= 2
+            await self.discover_again(f"every node asked would queue a shard: reading {self.sample} answers")
+
+    async def wait_for_answers(self, at_most: float) -> None:
+        """Sleep until no other answer to its discover may come (its sample is full, or the
+        spread and grace are past), `at_most` s; 0.05 s at least."""
+        left = min(at_most, self._answers_until - time.monotonic())
+        if left <= 0.05:
+            await asyncio.sleep(0.05)
+            return
+        try:
+            await asyncio.wait_for(self._sample_full.wait(), left)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _on_info(self, envelope: Envelope) -> None:
+        """An answer to its discover; the last one of its sample ends its listening."""
+        if self._answers_left is not None:
+            if self._answers_left <= 0:
+                return
+            self._answers_left -= 1
+            if self._answers_left == 0:
+                self._sampled = True
+                self._answers_until = time.monotonic()  # no other answer will come
+                self._sample_full.set()
+                info, self._info = self._info, None
+                if info is not None:
+                    await info.unsubscribe()  # what is in flight already is not even verified
+        await self._on_announce(envelope)
+
     async def stop(self) -> None:
         await self._beacon.stop()
+        if self._info is not None:
+            self._subs.append(self._info)
+            self._info = None
         for sub in self._subs:
             await sub.unsubscribe()
 

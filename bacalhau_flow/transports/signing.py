@@ -55,6 +55,19 @@ def signed_bytes(envelope: Envelope, to: str = "") -> bytes:
     return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
 
 
+class _SignedSubscription(Subscription):
+    """A subscription whose handler sees nothing more once `unsubscribe` was called, also
+    what the inner transport had already taken in (a burst of answers: none is verified)."""
+
+    inner: Subscription | None = None
+    ended = False
+
+    async def unsubscribe(self) -> None:
+        self.ended = True
+        if self.inner is not None:
+            await self.inner.unsubscribe()
+
+
 def addressed_to(to: str, subject: str) -> bool:
     """Whether an envelope signed for `to` belongs on the subscription `subject` (which may
     end in `.*`: one more word)."""
@@ -114,8 +127,11 @@ class SignedTransport(Transport):
         """Call `handler` with each correctly signed, not yet seen envelope on `subject`
         (its `_sig` removed); the reply it returns is signed."""
         seen: OrderedDict[tuple[str, str], asyncio.Future] = OrderedDict()
+        handle = _SignedSubscription()
 
         async def checked(envelope: Envelope) -> Envelope | None:
+            if handle.ended:  # delivered before the unsubscribe took effect: not even checked
+                return None
             opened = self._open(envelope, f"on {subject}", lambda to: addressed_to(to, subject))
             if opened is None:
                 return None
@@ -137,7 +153,8 @@ class SignedTransport(Transport):
             finally:
                 done.set_result(reply)
 
-        return await self.inner.subscribe(subject, checked)
+        handle.inner = await self.inner.subscribe(subject, checked)
+        return handle
 
     def _seal(self, envelope: Envelope, to: str) -> Envelope:
         """A signed copy of `envelope` sent by this node to `to` (same id, kind and body; sent

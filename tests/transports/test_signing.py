@@ -230,3 +230,37 @@ def test_connect_close_and_node_id_delegate():
         assert not hub.handlers_for(SUBJECT)
 
     asyncio.run(main())
+
+
+def test_what_arrives_after_an_unsubscribe_is_neither_verified_nor_delivered(monkeypatch):
+    """A burst the inner transport had already taken in when the subscription ended (the
+    discover answers past a requester's sample) costs no signature check."""
+    captured = []
+
+    class Inner(MemoryTransport):
+        async def subscribe(self, subject, handler):
+            captured.append(handler)  # what the inner transport calls for each envelope
+            return await super().subscribe(subject, handler)
+
+    async def main():
+        hub = MemoryHub()
+        receiver = SignedTransport(Inner(hub=hub), Identity.generate())
+        sender = SignedTransport(MemoryTransport(hub=hub), Identity.generate())
+        got, opened = [], []
+        check = receiver._open
+        monkeypatch.setattr(receiver, "_open", lambda *a: opened.append(1) or check(*a))
+
+        async def handler(env):
+            got.append(env.body["n"])
+
+        sub = await receiver.subscribe(SUBJECT, handler)
+        late = sender._seal(Envelope("hello", {"n": 2}, sender=sender.node_id), SUBJECT)
+        await sender.publish(SUBJECT, Envelope("hello", {"n": 1}, sender=sender.node_id))
+        await settle()
+        await sub.unsubscribe()
+        await captured[0](late)  # in flight when it unsubscribed
+        return got, opened
+
+    got, opened = asyncio.run(main())
+    assert got == [1]
+    assert len(opened) == 1
