@@ -29,9 +29,10 @@ from ..home import nodes_root
 from ..storage import ContentStore
 from ..storage.gateway import Gateway, gateway_for
 from ..transports import transport_for
-from ..transports.shared import SharedConnection
+from ..transports.shared import FanOut, SharedConnection
 from ..transports.signing import SignedTransport
 from .embedded import embedded_node_capacity
+from . import protocol as p
 from .identity import Identity
 from .messages import Capacity
 from .node import ComputeNode
@@ -58,6 +59,7 @@ class Devstack:
         self.keep = keep  # False: remove each node's folder (store, work) when the devstack stops
         self.shared = shared  # one connection and one gateway for all its nodes
         self._connection = None  # the shared connection, when shared
+        self._fan_out: FanOut | None = None  # its subjects every node subscribes to, subscribed once
         self._shared_gateway: Gateway | None = None
         self.nodes: list[ComputeNode] = []
         self._gateways: dict[str, Gateway] = {}  # node id -> its gateway
@@ -86,6 +88,7 @@ class Devstack:
         if self.shared:
             self._connection = transport_for(self.url)
             await self._connection.connect()
+            self._fan_out = FanOut(self._connection, _published_to_all)
             if self.gateway_port is not None:
                 self._shared_gateway = gateway_for(None, self._connection, self.gateway_host, self.gateway_port,
                                                    self.advertise, stores={})
@@ -97,7 +100,8 @@ class Devstack:
 
     async def _start_node(self, i: int) -> ComputeNode:
         identity = Identity.load_or_create(self.keys[i]) if self.keys else Identity.generate()
-        inner = SharedConnection(self._connection) if self._connection is not None else transport_for(self.url)
+        inner = (SharedConnection(self._connection, self._fan_out) if self._connection is not None
+                 else transport_for(self.url))
         transport = SignedTransport(inner, identity)
         await transport.connect()
         home = self.root / identity.node_id
@@ -148,3 +152,9 @@ class Devstack:
         node = self.nodes[index]
         self.call(self._stop_node(node))
         return node
+
+
+def _published_to_all(subject: str) -> bool:
+    """The subjects the nodes of a process all listen on, never requested: a discover, and
+    the beacons of the requesters whose shards they run (network/liveness.py)."""
+    return subject == p.DISCOVER or (subject.startswith("bflow.requester.") and subject.endswith(".alive"))

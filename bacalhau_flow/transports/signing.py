@@ -55,6 +55,21 @@ def signed_bytes(envelope: Envelope, to: str = "") -> bytes:
     return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
 
 
+def _signature_fault(envelope: Envelope, key, signature, to: str) -> str | None:
+    """Why the signature does not hold, or None. Found once per envelope object: the nodes of
+    one process given the same decoded envelope (transports/shared.py `FanOut`) check it once."""
+    claim = (key, signature, to)
+    found = getattr(envelope, "_signature_found", None)
+    if found is not None and found[0] == claim:
+        return found[1]
+    try:
+        why = None if verify(key, signed_bytes(envelope, to), signature) else "its signature is not valid"
+    except (TypeError, ValueError):
+        why = "it cannot be encoded"
+    envelope._signature_found = (claim, why)  # not a field: never sent, never decoded from the wire
+    return why
+
+
 class _SignedSubscription(Subscription):
     """A subscription whose handler sees nothing more once `unsubscribe` was called, also
     what the inner transport had already taken in (a burst of answers: none is verified)."""
@@ -176,12 +191,9 @@ class SignedTransport(Transport):
         key, signature, to = sig.get("key"), sig.get("sig"), sig.get("to")
         if not isinstance(to, str):
             return self._reject(envelope, where, "it names no recipient")
-        try:
-            data = signed_bytes(envelope, to)
-        except (TypeError, ValueError):
-            return self._reject(envelope, where, "it cannot be encoded")
-        if not verify(key, data, signature):
-            return self._reject(envelope, where, "its signature is not valid")
+        why = _signature_fault(envelope, key, signature, to)
+        if why:
+            return self._reject(envelope, where, why)
         if node_id_for(key) != envelope.sender:
             return self._reject(envelope, where, f"it is signed by {node_id_for(key)}")
         if not expected(to):
