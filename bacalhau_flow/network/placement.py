@@ -136,7 +136,7 @@ class Placement:
                 # the discover may still come (the node that fits may be a leaf network away),
                 # or when nodes it dropped may be back: then it asks them all again
                 waiting = self.cut_off() or time.monotonic() < self._answers_until
-                if not waiting and self._sampled:  # it heard only a sample: the one that fits may be elsewhere
+                if not waiting and self._sampled.is_set():  # it heard only a sample: the one that fits may be elsewhere
                     waiting = await self.discover_again("no node of its sample could run a shard", whole=True)
                 if not waiting and len(self._live) < len(self.nodes):
                     waiting = await self.discover_again("no node left for a shard")

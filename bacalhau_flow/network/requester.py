@@ -82,8 +82,9 @@ class Requester(Placement):
         self.sample: int | None = None  # answers read of a discover (DISCOVER_SAMPLE); None: all
         self._info = None  # the subscription its discovers are answered on, while it listens
         self._answers_left: int | None = None  # answers still read of the last discover; None: all
-        self._sampled = False  # it stopped listening to the last discover before every node answered
-        self._sample_full = asyncio.Event()  # set when it has read its sample of the last discover's answers
+        # set when it has read its sample of the last discover's answers and stopped listening,
+        # perhaps before every node answered
+        self._sampled = asyncio.Event()
         self._placing = asyncio.Semaphore(PLACING)
         self._subs: list = []
         # Liveness (network/liveness.py): the jobs it drives, named to their nodes every few
@@ -123,8 +124,7 @@ class Requester(Placement):
         `whole`, only the first `self.sample` answers are read: then it stops listening, and the
         server no longer sends it the others."""
         self._answers_left = None if whole else self.sample
-        self._sampled = False
-        self._sample_full.clear()
+        self._sampled.clear()
         self._discovered, self._discovered_up = time.monotonic(), self.transport.up_since()
         self._answers_until = self._discovered + spread + DISCOVER_GRACE_SECONDS
         if self._info is None:
@@ -148,7 +148,7 @@ class Requester(Placement):
     async def want_more_nodes(self) -> None:
         """Every node it asked would queue a shard: if it knows only a sample of the network,
         read twice as many answers of a discover (at most every REDISCOVER_SECONDS)."""
-        if self._sampled and self.sample and time.monotonic() - self._discovered >= p.REDISCOVER_SECONDS:
+        if self._sampled.is_set() and self.sample and time.monotonic() - self._discovered >= p.REDISCOVER_SECONDS:
             self.sample *= 2
             await self.discover_again(f"every node asked would queue a shard: reading {self.sample} answers")
 
@@ -160,7 +160,7 @@ class Requester(Placement):
             await asyncio.sleep(0.05)
             return
         try:
-            await asyncio.wait_for(self._sample_full.wait(), left)
+            await asyncio.wait_for(self._sampled.wait(), left)
         except asyncio.TimeoutError:
             pass
 
@@ -171,9 +171,8 @@ class Requester(Placement):
                 return
             self._answers_left -= 1
             if self._answers_left == 0:
-                self._sampled = True
                 self._answers_until = time.monotonic()  # no other answer will come
-                self._sample_full.set()
+                self._sampled.set()
                 info, self._info = self._info, None
                 if info is not None:
                     await info.unsubscribe()  # what is in flight already is not even verified
