@@ -13,7 +13,9 @@ each to one handler coroutine and writes its `Response`; it knows nothing of IPF
   request line and headers together at most MAX_HEAD bytes (431 and close past it); an idle
   connection is dropped after IDLE_TIMEOUT_S, and one that takes longer than HEAD_TIMEOUT_S to
   send the rest of its request head, or its body, is dropped as well (slowloris), and so is
-  one that stops reading an answer for SEND_TIMEOUT_S. A request
+  one that stops reading an answer for SEND_TIMEOUT_S. At most MAX_CONNECTIONS connections are
+  open at once and MAX_PER_PEER from one address: past either, a new connection is answered
+  503 with `Retry-After` and closed (storage/pull.py waits and asks again). A request
   body is read and thrown away (at most MAX_DRAIN bytes; past that the connection closes after
   the answer). A bad request line or header: 400 and close.
 - A stream that raises after its headers went out aborts the connection (`transport.abort()`),
@@ -25,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import resource
 import time
 from dataclasses import dataclass, field
 from email.utils import formatdate
@@ -39,6 +42,20 @@ MAX_DRAIN = 1 << 20  # request body bytes read and dropped to keep the connectio
 IDLE_TIMEOUT_S = 75.0  # between requests on a kept-alive connection (and before the first)
 HEAD_TIMEOUT_S = 30.0  # from the request line to the end of its headers (and body)
 SEND_TIMEOUT_S = 300.0  # for the socket to take one piece of an answer (1 MiB: a 3.5 KB/s floor)
+
+
+def _connection_cap(most: int = 1024) -> int:
+    """Connections open at once, all peers: `most`, or half this process's file limit when
+    that is lower (each is a file descriptor, and the node needs others for its shards)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return most if soft == resource.RLIM_INFINITY else max(64, min(most, soft // 2))
+
+
+MAX_CONNECTIONS = _connection_cap()
+MAX_PER_PEER = 256  # open at once from one address (a devstack's nodes share 127.0.0.1)
+BUSY_RETRY_AFTER_S = 1  # the Retry-After of a 503 for one connection too many
+MAX_LINGERING = 64  # connections turned away and still being answered; past it, just closed
+BUSY_LOG_EVERY_S = 60.0  # at most one warning this often about connections turned away
 SERVER = "bacalhau-flow"
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _VERSION = re.compile(r"^HTTP/(\d)\.(\d)$")
@@ -121,6 +138,10 @@ class HTTPServer:
         self.handler = handler
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task, asyncio.StreamWriter] = {}
+        self._per_peer: dict[str, int] = {}
+        self.turned_away = 0  # connections answered 503 for being one too many
+        self._lingering = 0
+        self._warned: float | None = None
 
     async def start(self, host: str, port: int) -> int:
         """The port listened on. OSError if it cannot bind."""
@@ -141,8 +162,13 @@ class HTTPServer:
     # --------------------------------------------------------------------------- a connection
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = _peer_address(writer)
+        if len(self._connections) >= MAX_CONNECTIONS or self._per_peer.get(peer, 0) >= MAX_PER_PEER:
+            await self._turn_away(reader, writer, peer)
+            return
         task = asyncio.current_task()
         self._connections[task] = writer
+        self._per_peer[peer] = self._per_peer.get(peer, 0) + 1
         try:
             while await self._one_request(reader, writer):
                 pass
@@ -154,8 +180,35 @@ class HTTPServer:
             log.exception("http: connection failed")
         finally:
             self._connections.pop(task, None)
+            self._per_peer[peer] -= 1
+            if not self._per_peer[peer]:
+                del self._per_peer[peer]
             if not writer.transport.is_closing():
                 writer.transport.close()
+
+    async def _turn_away(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
+        """Answer 503 to one connection too many (without reading its request) and close it."""
+        self.turned_away += 1
+        if self._warned is None or time.monotonic() - self._warned > BUSY_LOG_EVERY_S:
+            self._warned = time.monotonic()
+            log.warning("http: turning connections away (%d so far): %d open, %d from %s; at most %d, "
+                        "%d from one address", self.turned_away, len(self._connections),
+                        self._per_peer.get(peer, 0), peer, MAX_CONNECTIONS, MAX_PER_PEER)
+        if self._lingering >= MAX_LINGERING:  # a flood: not even an answer
+            writer.transport.abort()
+            return
+        busy = HTTPError(503, "too many connections: try again in a moment\n",
+                         {"Retry-After": str(BUSY_RETRY_AFTER_S)})
+        self._lingering += 1
+        try:
+            async with asyncio.timeout(2.0):
+                await _write(writer, None, busy.response(), keep_alive=False)
+                await _linger(reader, writer)
+        except (ConnectionError, TimeoutError):
+            pass
+        finally:
+            self._lingering -= 1
+            writer.transport.close()
 
     async def _one_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         """Read, answer; whether the connection stays open for another request."""
@@ -180,6 +233,11 @@ class HTTPServer:
             log.exception("http: %s %s failed", request.method, request.target)
             response = HTTPError(500).response()
         return await _write(writer, request, response, keep_alive)
+
+
+def _peer_address(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    return str(peer[0]) if isinstance(peer, tuple) and peer else "?"
 
 
 async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

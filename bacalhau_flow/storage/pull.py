@@ -9,7 +9,9 @@ not fetched again: a new shard's directory may hold files held already) and fetc
 missing subtree as one CARv1 stream, up to PARALLEL_PULLS at a time; when more subtrees than
 that are missing, the whole path comes as one stream instead (blocks held are not written
 again). Providers are tried in order: one that does not answer, lacks
-the CID or sends a block that does not hash to its CID is skipped for the next. Every block is
+the CID or sends a block that does not hash to its CID is skipped for the next; one that is
+busy (503, too many connections) is asked again after its `Retry-After`, for at most
+BUSY_WAIT_S in all, before it is skipped too. Every block is
 checked before it is stored; what a provider sent correctly stays, so the next one is asked
 only for the rest. Plain `http.client` on threads: one stream runs at disk speed (bench/
 transfer_bench.py), and the callers are threads already.
@@ -19,6 +21,8 @@ from __future__ import annotations
 
 import http.client
 import logging
+import random
+import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterator, Sequence
@@ -37,10 +41,20 @@ READ_TIMEOUT_S = 30.0  # between two reads of one stream
 WRITERS = 4  # threads checking and writing the blocks of one stream
 IN_FLIGHT = 32  # blocks of one stream received but not yet written (8 MiB of 256 KiB leaves)
 CAR_TYPE = "application/vnd.ipld.car"
+BUSY_WAIT_S = 30.0  # waited in all for one busy provider (503) before the next is asked
+BUSY_PAUSE_MAX_S = 5.0  # the longest pause between two tries, whatever Retry-After says
 
 
 class PullError(ContentError):
     """No provider could give a block that a DAG needs."""
+
+
+class _Busy(ContentError):
+    """A provider answered 503: it has too many connections now."""
+
+    def __init__(self, retry_after: float):
+        super().__init__("busy (HTTP 503: too many connections)")
+        self.retry_after = retry_after
 
 
 def pull(store: ContentStore, cid: str, providers: Sequence[str], path: str = "") -> int:
@@ -95,9 +109,11 @@ def _fetch(store: ContentStore, ipfs_path: str, root: bytes | None, providers: S
     failures = []
     for provider in providers:
         try:
-            return _fetch_from(store, provider, ipfs_path, root, scope)
+            return _fetch_patiently(store, provider, ipfs_path, root, scope)
         except FileNotFoundError:
             failures.append(f"{provider}: does not have it")
+        except _Busy as e:
+            failures.append(f"{provider}: {e}, still after {BUSY_WAIT_S:.0f} s")
         except ContentError as e:
             failures.append(f"{provider}: {e}")
             log.warning("pull: %s sent bad content for %s: %s", provider, ipfs_path, e)
@@ -107,6 +123,22 @@ def _fetch(store: ContentStore, ipfs_path: str, root: bytes | None, providers: S
                     + ("; ".join(failures) or "no provider was given"),
                     hint="check that the providers' addresses are reachable from this machine "
                          "(`bflow node --advertise HOST`)")
+
+
+def _fetch_patiently(store: ContentStore, provider: str, ipfs_path: str, root: bytes | None,
+                     scope: str) -> int:
+    """`_fetch_from`, asked again while the provider answers busy, for at most BUSY_WAIT_S."""
+    give_up = time.monotonic() + BUSY_WAIT_S
+    while True:
+        try:
+            return _fetch_from(store, provider, ipfs_path, root, scope)
+        except _Busy as busy:
+            pause = min(max(busy.retry_after, 0.1), BUSY_PAUSE_MAX_S)
+            pause *= random.uniform(0.5, 1.5)  # the pullers turned away together do not come back together
+            if time.monotonic() + pause > give_up:
+                raise
+            log.debug("pull: %s is busy; asking again in %.1f s", provider, pause)
+            time.sleep(pause)
 
 
 def _fetch_from(store: ContentStore, provider: str, ipfs_path: str, root: bytes | None, scope: str) -> int:
@@ -123,11 +155,21 @@ def _fetch_from(store: ContentStore, provider: str, ipfs_path: str, root: bytes 
         response = conn.getresponse()
         if response.status == 404:
             raise FileNotFoundError(ipfs_path)
+        if response.status == 503:
+            raise _Busy(_seconds(response.getheader("Retry-After")))
         if response.status != 200:
             raise ContentError(f"answered HTTP {response.status} {response.reason}")
         return _store_all(store, read_car(response, root))
     finally:
         conn.close()
+
+
+def _seconds(retry_after: str | None) -> float:
+    """A Retry-After in seconds (1 when absent or a date; 0 for a negative or NaN one)."""
+    try:
+        return max(0.0, float(retry_after))
+    except (TypeError, ValueError):
+        return 1.0
 
 
 def _store_all(store: ContentStore, blocks: Iterator[tuple[bytes, bytes]]) -> int:

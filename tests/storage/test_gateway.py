@@ -281,6 +281,55 @@ def test_a_slow_request_head_and_an_idle_connection_are_dropped(served, monkeypa
     assert time.monotonic() - started < 5
 
 
+def held_open(url, source: str = "127.0.0.1") -> socket.socket:
+    """A connection from `source` (any 127/8 address is this machine) that sends nothing."""
+    parts = urllib.parse.urlsplit(url)
+    return socket.create_connection((parts.hostname, parts.port), timeout=10, source_address=(source, 0))
+
+
+def turned_away(answer: bytes) -> bool:
+    return answer.startswith(b"HTTP/1.1 503") and b"Retry-After: 1" in answer and b"Connection: close" in answer
+
+
+def raw_exchange_from(url, data: bytes, source: str) -> bytes:
+    with held_open(url, source) as sock:
+        sock.sendall(data)
+        out = b""
+        while chunk := sock.recv(65536):
+            out += chunk
+        return out
+
+
+def fetch_from(url, root, source: str) -> bytes:
+    answer = raw_exchange_from(url, f"GET /ipfs/{root}/a.txt HTTP/1.1\r\nConnection: close\r\n\r\n".encode(), source)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return body
+
+
+def test_connections_past_the_caps_get_503_and_others_are_still_served(served, monkeypatch):
+    """A peer that opens connections and sends nothing cannot take them all: past MAX_PER_PEER
+    from one address, or MAX_CONNECTIONS in all, a new one is answered 503 and closed, the
+    server goes on serving others, and a freed place serves again."""
+    monkeypatch.setattr(http_server, "MAX_PER_PEER", 2)
+    monkeypatch.setattr(http_server, "MAX_CONNECTIONS", 3)
+    url, root = served["url"], served["root"]
+    request = f"GET /ipfs/{root}/a.txt HTTP/1.1\r\nConnection: close\r\n\r\n".encode()
+    hogs = [held_open(url), held_open(url)]
+    time.sleep(0.2)  # accepted and counted
+    try:
+        assert turned_away(raw_exchange(url, request))  # a third from the same address
+        assert fetch_from(url, root, "127.0.0.2") == b"hello\n"  # another address is served
+        hogs.append(held_open(url, "127.0.0.2"))
+        time.sleep(0.2)
+        assert turned_away(raw_exchange_from(url, request, "127.0.0.3"))  # 3 in all: no one new
+    finally:
+        for sock in hogs:
+            sock.close()
+    time.sleep(0.3)  # the server sees them close
+    assert fetch(f"{url}/ipfs/{root}/a.txt")[2] == b"hello\n"
+
+
 @contextlib.contextmanager
 def loop_thread():
     loop = asyncio.new_event_loop()

@@ -4,7 +4,10 @@ are unreachable, lack the CID or tamper with a block are skipped for the next.""
 
 import os
 import shutil
+import socket
 import threading
+import time
+import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from io import BytesIO
@@ -13,6 +16,7 @@ import pytest
 
 from bacalhau_flow.storage import ContentStore, unixfs
 from bacalhau_flow.storage.car import car_block, car_header, read_car
+from bacalhau_flow.storage import http_server, pull as pull_module
 from bacalhau_flow.storage.pull import PullError, missing_roots, pull
 from bacalhau_flow.testing.gateway import gateway_in_thread
 
@@ -204,6 +208,43 @@ def test_a_provider_without_the_cid_is_a_pull_error(source, tmp_path):
         small = cid_at(source["store"], source["root"], "a.txt")
         with pytest.raises(PullError, match=rf"ipfs://{small} could not be fetched.*{url}: does not have it"):
             pull(store, source["root"], [url], "a.txt")
+
+
+def hog(url) -> socket.socket:
+    parts = urllib.parse.urlsplit(url)
+    return socket.create_connection((parts.hostname, parts.port), timeout=10)
+
+
+def test_a_busy_provider_is_asked_again_once_it_has_room(source, tmp_path, monkeypatch):
+    """A gateway at its connection cap answers 503; the pull waits its Retry-After and asks
+    again, and gets everything once a connection closes."""
+    monkeypatch.setattr(http_server, "MAX_CONNECTIONS", 1)
+    held = hog(source["url"])
+    time.sleep(0.2)
+    threading.Timer(1.0, held.close).start()
+    store = ContentStore(tmp_path / "here")
+    started = time.monotonic()
+    assert pull(store, source["root"], [source["url"]]) == all_blocks_bytes(source["store"], source["root"])
+    assert time.monotonic() - started >= 0.9  # it did wait for the place
+    exported_equals_source(store, source["root"], source["src"], tmp_path / "out")
+
+
+def test_a_provider_busy_for_too_long_is_skipped_for_the_next(source, tmp_path, monkeypatch):
+    monkeypatch.setattr(http_server, "MAX_CONNECTIONS", 1)
+    monkeypatch.setattr(pull_module, "BUSY_WAIT_S", 2.0)
+    held = hog(source["url"])
+    time.sleep(0.2)
+    try:
+        with pytest.raises(PullError, match=r"busy \(HTTP 503: too many connections\), still after 2 s"):
+            pull(ContentStore(tmp_path / "alone"), source["root"], [source["url"]])
+        other = ContentStore(tmp_path / "other-source")
+        other.put_tree(source["src"])
+        with gateway_in_thread(other) as url:  # a second provider with the same tree
+            store = ContentStore(tmp_path / "here")
+            assert pull(store, source["root"], [source["url"], url]) > 0
+            exported_equals_source(store, source["root"], source["src"], tmp_path / "out")
+    finally:
+        held.close()
 
 
 def test_no_providers_is_a_pull_error(source, tmp_path):
