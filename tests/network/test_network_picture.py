@@ -20,7 +20,7 @@ def test_the_picture_shows_every_node_and_the_shards_each_ran(devstack, tmp_path
     assert shown == set(range(6))
 
 
-def test_without_a_job_the_picture_shows_the_newest_job_of_its_own_network(devstack, tmp_path):
+def test_without_a_job_the_picture_shows_the_newest_job_of_its_own_network_embedded_too(devstack, tmp_path):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "f").write_text("x")
     here = write_spec(tmp_path, "pipeline: on-this-network\ninput: {url: d, glob: '/*'}\n"
@@ -32,3 +32,7 @@ def test_without_a_job_the_picture_shows_the_newest_job_of_its_own_network(devst
     r = bflow("network", "--network", devstack.url, "--json")
     assert r.code == 0, r.stderr
     assert r.json()["job"]["id"] == mine["id"] != newer["id"]
+    newest = bflow("run", here, "--network", devstack.url, "--json", "--reprocess").json()
+    embedded = bflow("network", "--json")  # no --network: the embedded network's newest job
+    assert embedded.code == 0, embedded.stderr
+    assert embedded.json()["job"]["id"] == newer["id"] != newest["id"]
