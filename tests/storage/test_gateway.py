@@ -187,10 +187,11 @@ def connect(url) -> http.client.HTTPConnection:
     return http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
 
 
-def raw_exchange(url, data: bytes, wait: float = 10) -> bytes:
-    """Send `data` on a fresh socket; everything that comes back until the server closes it."""
+def raw_exchange(url, data: bytes, wait: float = 10, source: str = "127.0.0.1") -> bytes:
+    """Send `data` on a fresh socket from `source` (any 127/8 address is this machine);
+    everything that comes back until the server closes it."""
     parts = urllib.parse.urlsplit(url)
-    with socket.create_connection((parts.hostname, parts.port), timeout=wait) as sock:
+    with socket.create_connection((parts.hostname, parts.port), timeout=wait, source_address=(source, 0)) as sock:
         sock.sendall(data)
         out = b""
         while chunk := sock.recv(65536):
@@ -291,17 +292,8 @@ def turned_away(answer: bytes) -> bool:
     return answer.startswith(b"HTTP/1.1 503") and b"Retry-After: 1" in answer and b"Connection: close" in answer
 
 
-def raw_exchange_from(url, data: bytes, source: str) -> bytes:
-    with held_open(url, source) as sock:
-        sock.sendall(data)
-        out = b""
-        while chunk := sock.recv(65536):
-            out += chunk
-        return out
-
-
 def fetch_from(url, root, source: str) -> bytes:
-    answer = raw_exchange_from(url, f"GET /ipfs/{root}/a.txt HTTP/1.1\r\nConnection: close\r\n\r\n".encode(), source)
+    answer = raw_exchange(url, f"GET /ipfs/{root}/a.txt HTTP/1.1\r\nConnection: close\r\n\r\n".encode(), source=source)
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200"), head
     return body
@@ -322,7 +314,7 @@ def test_connections_past_the_caps_get_503_and_others_are_still_served(served, m
         assert fetch_from(url, root, "127.0.0.2") == b"hello\n"  # another address is served
         hogs.append(held_open(url, "127.0.0.2"))
         time.sleep(0.2)
-        assert turned_away(raw_exchange_from(url, request, "127.0.0.3"))  # 3 in all: no one new
+        assert turned_away(raw_exchange(url, request, source="127.0.0.3"))  # 3 in all: no one new
     finally:
         for sock in hogs:
             sock.close()
