@@ -100,7 +100,7 @@ def test_without_a_terminal_the_progress_is_plain_lines(tmp_path):
     assert "\x1b[" not in r.stderr  # no escape codes in a log file
     lines = r.stderr.splitlines()
     assert f"{up}: 3 shards" in lines and f"{down}: 1 shard" in lines
-    assert any(re.fullmatch(rf"{up}: finished, 3/3 done, 0 failed, 0 reused, [\d.]+ shards/s in \d+s", x)
+    assert any(re.fullmatch(rf"{up}: finished, 3/3 done, 0 failed, 0 reused, [\d.]+ shards/s in (\d+m)?\d+s", x)
                for x in lines), r.stderr
     assert lines.index(f"{down}: 1 shard") > lines.index(f"{up}: 3 shards")
     assert r.stdout.splitlines()[-1] == f"{down} | down saw 3 files"
