@@ -16,18 +16,20 @@ every process it started ends with it, also those that left its process group or
 - **cgroup**: each run gets a cgroup v2 of its own, `bflow-<node pid>/run-<n>` under the
   node's own cgroup; the command enters it before it starts (a `/bin/sh` joins it and execs
   the command, JOIN_CGROUP), so all it forks is inside, and `cgroup.kill` ends everything in it
-  at once. Costs a mkdir, a shell start and the kernel's move into the cgroup: 1-6 ms a shard.
+  at once. Costs a mkdir, a shell start and the kernel's move into the cgroup: 1-6 ms a shard
+  (executors/cgroups.py).
 - **subreaper**: where no cgroup can be made (no cgroup v2, no `cgroup.kill`, a read-only
   /sys/fs/cgroup), a small per-run supervisor process (SUPERVISOR, `python -I -S`) makes itself
   the child subreaper of the command, so orphans are re-parented to it, not to init, and kills
-  every process below it when the command ends. Costs a Python start-up per shard (10-30 ms).
+  every process below it when the command ends. Costs a Python start-up per shard (10-30 ms)
+  (executors/supervisor.py).
 A timeout or a cancellation sends SIGTERM to every process of the run, and SIGKILL to all
-after KILL_GRACE_SECONDS.
+after KILL_GRACE_SECONDS. Both ways, the commands also end when the node's process ends, a
+SIGKILL included.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 import selectors
 import signal
@@ -39,6 +41,8 @@ from pathlib import Path
 
 from ..errors import ExecutorError
 from .base import SCRATCH_DIRS, Execution, ExecutionResult, Executor
+from .cgroups import JOIN_CGROUP, Cgroup, CgroupRoot
+from .supervisor import SUPERVISOR
 
 KILL_GRACE_SECONDS = 2.0
 DRAIN_SECONDS = 5.0  # after the command ended, how long its pipes may stay open (they close when all is killed)
@@ -77,7 +81,7 @@ class LocalExecutor(Executor):
     def run(self, execution: Execution) -> ExecutionResult:
         env = shard_environment(execution)
         cwd = execution.outputs_dir.parent
-        group = _CgroupRoot.get().new_group() if self.containment in ("auto", "cgroup") else None
+        group = CgroupRoot.get().new_group() if self.containment in ("auto", "cgroup") else None
         if group is None and self.containment == "cgroup":
             raise ExecutorError("cannot make a cgroup v2 for the command on this machine",
                                 hint="run the node as root on a machine with cgroup v2 (kernel 5.14 or later)")
@@ -134,7 +138,7 @@ class LocalExecutor(Executor):
 class _Run:
     """The processes of one run: the command (or its supervisor) and all it started."""
 
-    def __init__(self, proc: subprocess.Popen, group: "_Cgroup | None"):
+    def __init__(self, proc: subprocess.Popen, group: "Cgroup | None"):
         self.proc, self.group = proc, group
         self._timers: dict[str, threading.Timer] = {}
         self._lock = threading.Lock()
@@ -306,11 +310,12 @@ def _feed_stdin(proc: subprocess.Popen, text: str) -> None:
 
 
 def _spawn(execution: Execution, env: dict[str, str], cwd: Path, out_w: int, err_w: int,
-           group: "_Cgroup | None") -> subprocess.Popen:
+           group: "Cgroup | None") -> subprocess.Popen:
     stdin = subprocess.PIPE if execution.stdin is not None else subprocess.DEVNULL
     popen = dict(cwd=cwd, env=env, stdin=stdin, stdout=out_w, stderr=err_w, start_new_session=True)
     if group is None:
-        cmd = [sys.executable, "-I", "-S", "-c", SUPERVISOR, str(KILL_GRACE_SECONDS), *execution.cmd]
+        cmd = [sys.executable, "-I", "-S", "-c", SUPERVISOR, str(KILL_GRACE_SECONDS), str(os.getpid()),
+               *execution.cmd]
         return subprocess.Popen(cmd, **popen)
     # The command enters its cgroup before it starts, so all it forks is inside: a shell joins it
     # and execs the command. Not a preexec_fn: that makes Python fork() the whole node, 25-75 ms
@@ -318,9 +323,6 @@ def _spawn(execution: Execution, env: dict[str, str], cwd: Path, out_w: int, err
     script = JOIN_CGROUP if "PWD" in execution.env else JOIN_CGROUP.replace("exec", "unset PWD; exec", 1)
     return subprocess.Popen(["/bin/sh", "-c", script, str(group.path / "cgroup.procs"), *execution.cmd], **popen)
 
-
-# $0: the cgroup's cgroup.procs; "$@": the command. A shell that cannot join runs nothing.
-JOIN_CGROUP = 'printf 0 > "$0" || exit 125; exec "$@"'
 
 
 def _unrunnable(program: str, path: str, cwd: Path) -> tuple[str, int] | None:
@@ -351,240 +353,3 @@ def _not_started(execution: Execution, message: str, code: int) -> ExecutionResu
     with open(execution.stderr_path, "ab") as err:
         err.write(f"bflow: {message}\n".encode())
     return ExecutionResult(exit_code=code, error=message)
-
-
-# -- cgroups --------------------------------------------------------------------------------
-
-class _Cgroup:
-    """One run's cgroup."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def pids(self) -> list[int]:
-        try:
-            return [int(p) for p in (self.path / "cgroup.procs").read_text().split()]
-        except (OSError, ValueError):
-            return []
-
-    def signal(self, sig: int) -> None:
-        for pid in self.pids():
-            _signal(pid, sig)
-
-    def kill(self) -> None:
-        try:
-            (self.path / "cgroup.kill").write_text("1")
-        except OSError:
-            pass
-
-    def close(self, timeout: float = 5.0) -> None:
-        """Remove the cgroup once its killed processes are gone."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.path.rmdir()
-                return
-            except FileNotFoundError:
-                return
-            except OSError:  # EBUSY: a process is still on its way out
-                if time.monotonic() > deadline:
-                    return
-                self.kill()
-                time.sleep(0.01)
-
-
-class _CgroupRoot:
-    """`bflow-<pid>` under this process's own cgroup v2: the parent of every run's cgroup, or
-    None where this machine does not let us make one (then runs use the subreaper)."""
-
-    _instance: "_CgroupRoot | None" = None
-    _checked_in: int | None = None  # the pid that looked (a forked child looks again)
-    _lock = threading.Lock()
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._count = itertools.count()
-
-    @classmethod
-    def get(cls) -> "_CgroupRoot | _NoCgroups":
-        with cls._lock:
-            if cls._checked_in != os.getpid():
-                cls._checked_in = os.getpid()
-                cls._instance = cls._make()
-        return cls._instance or _NoCgroups()
-
-    @classmethod
-    def _make(cls) -> "_CgroupRoot | None":
-        own = _own_cgroup_dir()
-        if own is None:
-            return None
-        _remove_stale(own)
-        path = own / f"bflow-{os.getpid()}"
-        try:
-            path.mkdir(exist_ok=True)
-            if not (path / "cgroup.kill").exists():  # before Linux 5.14 (the root cgroup has none)
-                path.rmdir()
-                return None
-            probe = path / "probe"
-            probe.mkdir(exist_ok=True)
-            try:  # a process may be moved there too (delegation, the no-internal-process rule)
-                moved = subprocess.run(["/bin/sh", "-c", JOIN_CGROUP, str(probe / "cgroup.procs"), "true"],
-                                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                       stderr=subprocess.DEVNULL, timeout=10).returncode == 0
-            finally:
-                _Cgroup(probe).close()
-            if not moved:
-                path.rmdir()
-                return None
-        except (OSError, subprocess.SubprocessError):
-            return None
-        import atexit
-
-        atexit.register(_remove_quietly, path)
-        return cls(path)
-
-    def new_group(self) -> _Cgroup | None:
-        """A fresh cgroup for one run; None when none can be made now (cgroup.max.descendants)."""
-        for _ in range(100):
-            path = self.path / f"run-{next(self._count)}"
-            try:
-                path.mkdir()
-                return _Cgroup(path)
-            except FileExistsError:  # left by an earlier process that had this pid: not ours to touch
-                continue
-            except OSError:
-                return None
-        return None
-
-
-class _NoCgroups:
-    def new_group(self) -> None:
-        return None
-
-
-def _own_cgroup_dir() -> Path | None:
-    """The folder of this process's cgroup v2 (hybrid systems included), or None."""
-    try:
-        lines = Path("/proc/self/cgroup").read_text().splitlines()
-        mounts = Path("/proc/self/mountinfo").read_text().splitlines()
-    except OSError:
-        return None
-    own = next((line[3:] for line in lines if line.startswith("0::")), None)
-    if own is None:
-        return None
-    for m in mounts:
-        left, _, right = m.partition(" - ")
-        if right.split(" ", 1)[0] != "cgroup2":
-            continue
-        fields = left.split()
-        root, point = fields[3], fields[4]
-        rel = os.path.relpath(own, root) if root != "/" else own.lstrip("/")
-        if rel.startswith(".."):
-            continue
-        path = Path(point) / rel if rel != "." else Path(point)
-        if path.is_dir():
-            return path
-    return None
-
-
-def _remove_stale(own: Path) -> None:
-    """Remove the empty cgroups left by bflow processes that are gone (a node killed by SIGKILL).
-    Only empty ones: rmdir fails on a cgroup that still holds a process, and nothing is killed."""
-    for parent in own.glob("bflow-*"):
-        try:
-            os.kill(int(parent.name[len("bflow-"):]), 0)
-            continue  # alive
-        except ProcessLookupError:
-            pass
-        except (ValueError, PermissionError):
-            continue
-        try:
-            for child in parent.iterdir():
-                if child.is_dir():
-                    child.rmdir()
-            parent.rmdir()
-        except OSError:
-            pass
-
-
-def _remove_quietly(path: Path) -> None:
-    try:
-        for child in path.iterdir():
-            if child.is_dir():
-                _Cgroup(child).close(timeout=1.0)
-        path.rmdir()
-    except OSError:
-        pass
-
-
-# -- the subreaper supervisor ---------------------------------------------------------------
-# argv: GRACE CMD...; the command's exit status is its own (a signal: it kills itself with it).
-SUPERVISOR = r"""
-import os, signal, sys, time
-me = os.getpid()
-try:
-    import ctypes
-    ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
-except Exception:
-    pass
-def below():
-    kids = {}
-    for name in os.listdir('/proc'):
-        if name.isdigit():
-            try:
-                with open('/proc/' + name + '/stat', 'rb') as f:
-                    s = f.read()
-                kids.setdefault(int(s[s.rindex(b')') + 2:].split()[1]), []).append(int(name))
-            except (OSError, ValueError, IndexError):
-                pass
-    found, todo = [], [me]
-    while todo:
-        for c in kids.get(todo.pop(), ()):
-            found.append(c)
-            todo.append(c)
-    return found
-def send(sig):
-    for p in below():
-        try:
-            os.kill(p, sig)
-        except OSError:
-            pass
-def on_term(*_):
-    send(signal.SIGTERM)
-    signal.alarm(max(1, int(float(sys.argv[1]) + 0.999)))
-signal.signal(signal.SIGTERM, on_term)
-signal.signal(signal.SIGUSR1, lambda *_: send(signal.SIGKILL))
-signal.signal(signal.SIGALRM, lambda *_: send(signal.SIGKILL))
-cmd = sys.argv[2:]
-child = os.fork()
-if child == 0:
-    for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGALRM, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):
-        signal.signal(s, signal.SIG_DFL)
-    try:
-        os.execvp(cmd[0], cmd)
-    except OSError as e:
-        os.write(2, ('bflow: cannot start %s: %s\n' % (cmd[0], e.strerror)).encode())
-        os._exit(127 if isinstance(e, FileNotFoundError) else 126)
-status = None
-while status is None:
-    try:
-        pid, st = os.wait()
-    except ChildProcessError:
-        break
-    if pid == child:
-        status = st
-while True:
-    try:
-        pid, _ = os.waitpid(-1, os.WNOHANG)
-    except ChildProcessError:
-        break
-    if pid == 0:
-        send(signal.SIGKILL)
-        time.sleep(0.01)
-if status is None or os.WIFEXITED(status):
-    os._exit(os.WEXITSTATUS(status) if status is not None else 1)
-sig = os.WTERMSIG(status)
-signal.signal(sig, signal.SIG_DFL)
-os.kill(me, sig)
-os._exit(128 + sig)
-"""

@@ -171,18 +171,19 @@ def _resumed_run():
 
 
 def _end_leftovers(owner: Owner, job_id: str) -> None:
-    """Kill what the embedded nodes of the job's dead `owner` still run on this machine: their
-    commands outlive that process (nothing waits for them any more), and would otherwise finish
-    after their shards ran again. Found two ways: the cgroup `bflow-<pid>` where the local
-    executor keeps the commands of process `pid` (executors/local.py), and every process whose
+    """Kill what the embedded nodes of the job's dead `owner` may still run on this machine.
+    Their commands end with that process (executors/cgroups.py, executors/supervisor.py); this
+    is the safety net for what escaped (the process that ends them was killed too, say), which
+    would otherwise finish after its shard ran again. Found two ways: the cgroup `bflow-<pid>`
+    where the local executor keeps the commands of process `pid`, and every process whose
     environment names the job (`BFLOW_JOB_ID`, which each shard's command gets), for machines
     without cgroups. Best effort; only for an owner of this host that is gone."""
     if owner.pid is None or owner.host not in (None, this_host()) or owner_alive_here(owner):
         return
     try:
-        from ..executors.local import _own_cgroup_dir
+        from ..executors.cgroups import own_cgroup_dir
 
-        own = _own_cgroup_dir()
+        own = own_cgroup_dir()
         kill = own / f"bflow-{owner.pid}" / "cgroup.kill" if own is not None else None
         if kill is not None and kill.exists():
             kill.write_text("1")

@@ -214,6 +214,21 @@ def test_a_killed_run_reads_interrupted_and_resume_completes_it_running_each_sha
     assert bflow("resume", job["id"]).code == 1  # and now it has ended
 
 
+def test_the_embedded_networks_commands_end_with_a_killed_run(tmp_path):
+    """Its nodes live in the `bflow run` process: SIGKILLed, nothing is left running its shards."""
+    name, token = unique("killed"), uuid.uuid4().hex
+    spec = sleeping_spec(tmp_path, name, 2, token)
+    proc = bflow_process("run", spec, start_new_session=True)
+    try:
+        wait_for_running_shard(name)
+        assert eventually(lambda: len(processes_with(token)) == 2, 20), "the shards' commands did not start"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        proc.kill()
+    assert eventually(lambda: not processes_with(token), 5), "the shards ran on after their run was killed"
+
+
 def test_resume_refuses_a_finished_job_and_one_whose_owner_is_alive(tmp_path):
     name = unique("done")
     data(tmp_path, 1)

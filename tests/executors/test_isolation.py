@@ -6,6 +6,9 @@ the subreaper supervisor (everywhere)."""
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -13,14 +16,15 @@ from pathlib import Path
 import pytest
 
 from bacalhau_flow.executors import Execution
-from bacalhau_flow.executors.local import SAFE_PATH, LocalExecutor, _CgroupRoot
+from bacalhau_flow.executors.cgroups import CgroupRoot
+from bacalhau_flow.executors.local import SAFE_PATH, LocalExecutor
 from bacalhau_flow.testing.executor_contract import ExecutorContract
 
 MODES = ["cgroup", "subreaper"]
 
 
 def executor_for(mode: str) -> LocalExecutor:
-    if mode == "cgroup" and not isinstance(_CgroupRoot.get(), _CgroupRoot):
+    if mode == "cgroup" and not isinstance(CgroupRoot.get(), CgroupRoot):
         pytest.skip("this machine lets this process make no cgroup v2 (not root, no cgroup.kill, read-only)")
     executor = LocalExecutor()
     executor.containment = mode
@@ -137,6 +141,42 @@ def test_nothing_outlives_a_kill(executor, tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name in ("F", "G", "H")] == []
 
 
+# A node of its own: runs `sh -c SCRIPT` with the local executor in mode MODE, in folder WORK.
+NODE = """
+import sys
+from pathlib import Path
+from bacalhau_flow.executors import Execution
+from bacalhau_flow.executors.local import LocalExecutor
+mode, work, script = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+executor = LocalExecutor()
+executor.containment = mode
+executor.run(Execution(cmd=["sh", "-c", script], inputs_dir=work / "inputs", outputs_dir=work / "outputs",
+                       stdout_path=work / "stdout", stderr_path=work / "stderr"))
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_nothing_outlives_a_node_killed_by_sigkill(mode, tmp_path):
+    """The node (here a process of its own) dies with no chance to clean up, as a `bflow run`
+    or `bflow node` killed by SIGKILL: its command and all the command started end too."""
+    executor_for(mode)  # skips where this machine makes no cgroup
+    ex = make(tmp_path, "")
+    work = ex.outputs_dir.parent
+    node = subprocess.Popen([sys.executable, "-c", NODE, mode, str(work), ESCAPES.format(d=tmp_path) + "; sleep 30"],
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        while ex.stdout_path.read_text() != "started\n" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ex.stdout_path.read_text() == "started\n", ex.stderr_path.read_text()
+        os.kill(node.pid, signal.SIGKILL)
+        node.wait()
+    finally:
+        node.kill()
+    time.sleep(4)  # the escaped processes touch their files 3 s after they started
+    assert [p.name for p in tmp_path.iterdir() if p.name in ("F", "G", "H")] == []
+
+
 def test_a_command_that_ignores_sigterm_is_killed_after_the_grace(executor, tmp_path):
     ex = make(tmp_path, "trap '' TERM; setsid sh -c \"trap '' TERM; sleep 30\" & sleep 30", timeout=0.5)
     started = time.monotonic()
@@ -147,7 +187,7 @@ def test_a_command_that_ignores_sigterm_is_killed_after_the_grace(executor, tmp_
 def test_the_run_leaves_no_cgroup_behind(tmp_path):
     executor = executor_for("cgroup")
     assert executor.run(make(tmp_path, "sleep 30 & setsid sleep 30 & true")).exit_code == 0
-    root = _CgroupRoot.get().path
+    root = CgroupRoot.get().path
     assert [p.name for p in root.iterdir() if p.is_dir()] == []
 
 
@@ -211,9 +251,9 @@ def test_the_subreaper_reports_a_missing_command_as_popen_does(tmp_path):
 
 
 def test_without_cgroups_the_default_falls_back_to_the_subreaper(tmp_path, monkeypatch):
-    from bacalhau_flow.executors import local
+    from bacalhau_flow.executors import cgroups, local
 
-    monkeypatch.setattr(local._CgroupRoot, "get", classmethod(lambda cls: local._NoCgroups()))
+    monkeypatch.setattr(cgroups.CgroupRoot, "get", classmethod(lambda cls: cgroups.NoCgroups()))
     spawned = []
     real = local.subprocess.Popen
     monkeypatch.setattr(local.subprocess, "Popen", lambda cmd, **kw: spawned.append(cmd) or real(cmd, **kw))
