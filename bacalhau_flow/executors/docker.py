@@ -21,7 +21,8 @@ Decisions:
   is not there. An image that cannot be had is an `ExecutorError` naming it.
 - A timeout or `kill()` stops the container (SIGTERM, SIGKILL after a grace); the container
   is removed afterwards whatever happened. Containers carry the label `bflow.executor=docker`,
-  and `bflow.job` / `bflow.shard` where the shard's environment names them.
+  and `bflow.job` / `bflow.shard` where the shard's environment names them, and `bflow.owner`:
+  when the node's process ends, a SIGKILL too, its containers are removed (docker_reaper.py).
 - A command that does not exist in the image ends like it does with the local executor:
   exit code 127 (126: not executable) and the reason in stderr, not an error.
 """
@@ -37,6 +38,7 @@ from dataclasses import dataclass
 
 from ..errors import ExecutorError
 from .base import Execution, ExecutionResult, Executor
+from .docker_reaper import owner_labels
 
 log = logging.getLogger("bacalhau_flow.executors.docker")
 
@@ -296,6 +298,7 @@ class DockerExecutor(Executor):
         import docker
 
         create, host = container_options(execution, self.user)
+        create["labels"].update(owner_labels(_unix_socket_path()))  # ended with this process
         api = self.client.api
         created = self._create(api, create, host, execution.image)
         with self._lock:

@@ -241,6 +241,43 @@ def test_kill_returns_at_once_and_no_container_is_left(executor, image, tmp_path
     assert containers_of(job) == []
 
 
+# A node of its own: runs `sh -c SCRIPT` in IMAGE with the docker executor, for job JOB, in WORK.
+NODE = """
+import sys
+from pathlib import Path
+from bacalhau_flow.executors import Execution
+from bacalhau_flow.executors.docker import DockerExecutor
+image, job, work, script = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4]
+DockerExecutor().run(Execution(cmd=["sh", "-c", script], image=image, env={"BFLOW_JOB_ID": job},
+                               inputs_dir=work / "inputs", outputs_dir=work / "outputs",
+                               stdout_path=work / "stdout", stderr_path=work / "stderr"))
+"""
+
+
+def test_no_container_is_left_by_a_node_killed_by_sigkill(image, tmp_path):
+    """The node (here a process of its own) dies with no chance to remove its container."""
+    import signal
+
+    job = uuid.uuid4().hex
+    make(tmp_path, image, "")
+    node = subprocess.Popen([sys.executable, "-c", NODE, image, job, str(tmp_path), "sleep 300"],
+                            start_new_session=True)
+    try:
+        wait_for_container(job)
+        deadline = time.monotonic() + 15
+        while containers_of(job)[0].status != "running":
+            assert time.monotonic() < deadline, "the container never ran"
+            time.sleep(0.1)
+        os.kill(node.pid, signal.SIGKILL)
+        node.wait()
+    finally:
+        node.kill()
+    deadline = time.monotonic() + 15
+    while containers_of(job) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert containers_of(job) == [], "the killed node's container is still there"
+
+
 # -- a node without an engine -------------------------------------------------------------
 def test_a_node_without_an_engine_does_not_offer_docker(tmp_path):
     script = (
