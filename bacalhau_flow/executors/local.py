@@ -324,7 +324,6 @@ def _spawn(execution: Execution, env: dict[str, str], cwd: Path, out_w: int, err
     return subprocess.Popen(["/bin/sh", "-c", script, str(group.path / "cgroup.procs"), *execution.cmd], **popen)
 
 
-
 def _unrunnable(program: str, path: str, cwd: Path) -> tuple[str, int] | None:
     """Why `program` could not be executed (message, exit code), as Popen would find it."""
     if "/" in program:
