@@ -20,4 +20,6 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     .venv/bin/python -m pip install -q --no-deps -e . -e plugins/bacalhau-flow-nats
     echo "$want" > "$stamp"
 fi
+# Prefect's database migrations, once per Prefect version, rather than in every new server's first start
+.venv/bin/bflow server prepare
 echo "setup: ready ($(.venv/bin/bflow version))" >&2

@@ -11,7 +11,8 @@ A recorded server is used only when its pid is alive, its API answers and it run
 Prefect version; otherwise it is replaced, and one line says why. Starting holds a lock
 (`start.lock`), so two commands starting at once start one server.
 
-A server start takes ~10 s on 2 cores, most of it the server's own imports and migrations;
+A server start takes ~10 s on 2 cores, most of it the server's own imports and migrations (a
+new home's database starts as a copy of one migrated once per Prefect version, flow/prefect_db.py);
 `start_server` returns as soon as the process is spawned (its url is known then), so the
 command can import Prefect meanwhile, and `Starting.ready()` waits for it to answer. The lock
 is held until then; a command that exits first stops the half-started server.
@@ -40,6 +41,7 @@ from pathlib import Path
 
 from ..errors import BflowError
 from ..home import bflow_home
+from .prefect_db import seed
 
 START_TIMEOUT = 180.0  # seconds; a cold start here takes 10-20 s on 2 busy cores
 PORT_VARIABLE = "BFLOW_PREFECT_PORT"  # a fixed port for the managed server (default: a free one)
@@ -250,6 +252,7 @@ def _spawn(say: Callable[[str], None], port: int | None, lock) -> Starting:
     prefect = Path(sys.executable).with_name("prefect")
     cmd = [str(prefect)] if prefect.exists() else [sys.executable, "-m", "prefect"]
     cmd += ["server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    seed(home / "prefect.db")  # a new home: from the prepared empty database, not ~10 s of migrations
     say(f"starting Prefect server on 127.0.0.1:{port} (state in {home}) ...")
     with open(log, "ab") as out:
         process = subprocess.Popen(cmd, env=server_environment(home), stdin=subprocess.DEVNULL, stdout=out,
