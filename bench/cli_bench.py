@@ -6,7 +6,8 @@ times, alternating, median reported:
 - prefect:  a plain Prefect script (one flow, one task running `true`) against the same server:
             the floor any Prefect-based tool pays (importing Prefect alone is ~1.3 s here)
 - bflow:    `bflow run` of a one-shard job running `true` (--reprocess, so the shard really runs)
-Then the first `bflow run` on a fresh $BFLOW_HOME, which starts the managed server (cold).
+Then the first `bflow run` on a fresh $BFLOW_HOME, which starts the managed server (cold; from the
+prepared empty Prefect database where `bflow server prepare` made one, as scripts/setup.sh does).
 Prints each median and the ratios bflow/prefect and bflow/validate.
 
     python bench/cli_bench.py [ROUNDS]      (default 5)
