@@ -43,8 +43,9 @@ def status(as_json: bool = typer.Option(False, "--json", help="machine-readable 
 
 
 def prepare():
-    """Migrate an empty Prefect database once for this Prefect version, so that each new
-    server starts from a copy of it instead of ~10 s of migrations (scripts/setup.sh runs this)."""
+    """Migrate an empty Prefect database once, for new servers to start from (setup.sh runs it).
+
+    Each new $BFLOW_HOME's server then starts from a copy of it instead of ~10 s of migrations."""
     from ..flow.prefect_db import prepare as prepare_database, template_path
 
     if template_path().is_file():
