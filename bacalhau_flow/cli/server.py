@@ -52,8 +52,7 @@ def prepare():
         _say(f"the empty Prefect database is prepared already: {template_path()}")
         return
     _say("migrating an empty Prefect database (once per Prefect version) ...")
-    path, _made = prepare_database()
-    _say(f"prepared: {path}")
+    _say(f"prepared: {prepare_database()}")
 
 
 def _show(info, as_json: bool) -> None:

@@ -5,10 +5,10 @@ before it starts (a `/bin/sh` joins it and execs the command, JOIN_CGROUP), so a
 inside, and `cgroup.kill` ends everything in it at once, also what left the process group.
 
 The commands also end with this process, however it ends (a SIGKILL too): once the root is
-made, a small shell (END_WITH_OWNER, one per process) waits on a pipe that only this process
-holds open; at this process's end the pipe reads end of file and the shell kills the whole
-`bflow-<pid>` tree. Without it, the commands of a killed `bflow run` (the embedded network's
-nodes live in its process) or `bflow node` ran on, with nobody left to take their results.
+made, a small shell (END_WITH_OWNER, one per process, executors/after_exit.py) waits for this
+process's end and then kills the whole `bflow-<pid>` tree. Without it, the commands of a
+killed `bflow run` (the embedded network's nodes live in its process) or `bflow node` ran on,
+with nobody left to take their results.
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ import threading
 import time
 from pathlib import Path
 
+from .after_exit import run_after_exit
+
 # $0: the cgroup's cgroup.procs; "$@": the command. A shell that cannot join runs nothing.
 JOIN_CGROUP = 'printf 0 > "$0" || exit 125; exec "$@"'
-# $0: the root's cgroup.kill. Its stdin is a pipe whose write end only this process holds (a pipe
-# is not inherited by the commands: close_fds), so `read` returns at this process's end.
+# $0: the root's cgroup.kill. `read` returns at this process's end (executors/after_exit.py).
 END_WITH_OWNER = 'read -r _; printf 1 > "$0"'
 
 
@@ -79,7 +80,7 @@ class CgroupRoot:
     def __init__(self, path: Path):
         self.path = path
         self._count = itertools.count()
-        self._switch: subprocess.Popen | None = None  # see _end_with_this_process
+        self._switch: subprocess.Popen | None = None  # kills them all once this process is gone
 
     @classmethod
     def get(cls) -> "CgroupRoot | NoCgroups":
@@ -118,7 +119,8 @@ class CgroupRoot:
 
         atexit.register(_remove_quietly, path)
         root = cls(path)
-        root._switch = _end_with_this_process(path)
+        # ends the commands with this process (the module docstring); env: none, its shell needs none
+        root._switch = run_after_exit(["/bin/sh", "-c", END_WITH_OWNER, str(path / "cgroup.kill")], env={})
         return root
 
     def new_group(self) -> Cgroup | None:
@@ -194,13 +196,3 @@ def _remove_quietly(path: Path) -> None:
     except OSError:
         pass
 
-
-def _end_with_this_process(root: Path) -> subprocess.Popen | None:
-    """Start the shell that kills every process under `root` once this process has ended (see
-    the module docstring); None where it cannot start (the commands then outlive a SIGKILL)."""
-    try:
-        return subprocess.Popen(["/bin/sh", "-c", END_WITH_OWNER, str(root / "cgroup.kill")],
-                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                cwd="/", env={}, start_new_session=True)  # not ended by a Ctrl-C to this process
-    except OSError:
-        return None

@@ -2,10 +2,9 @@
 
 Every container the docker executor makes carries the label `bflow.owner=<token>`, a token of
 this process's own. With its first container, the process starts a small reaper (REAPER,
-`python -I -S`, one per process) whose stdin is a pipe that only this process holds open (a
-pipe is not inherited by later children: close_fds). When this process ends, that pipe reads
-end of file and the reaper asks the engine to remove every container with the label (force:
-running ones are killed first). Without it, the containers of a killed `bflow node` or
+`python -I -S`, one per process, executors/after_exit.py). When this process ends, the reaper
+asks the engine to remove every container with the label (force: running ones are killed
+first). Without it, the containers of a killed `bflow node` or
 `bflow run` ran on to their end and stayed, with nobody left to take their results.
 
 Over the engine's unix socket only: with `DOCKER_HOST` over TCP or SSH the containers of a
@@ -19,6 +18,8 @@ import subprocess
 import sys
 import threading
 import uuid
+
+from .after_exit import run_after_exit
 
 OWNER_LABEL = "bflow.owner"
 
@@ -58,14 +59,9 @@ def owner_labels(socket_path: str | None) -> dict[str, str]:
     with _lock:
         if _owner is None or _owner[0] != os.getpid():  # a forked child owns its own containers
             token = uuid.uuid4().hex
-            _owner = (os.getpid(), token, _start_reaper(socket_path, token) if socket_path else None)
+            reaper = None
+            if socket_path:
+                reaper = run_after_exit([sys.executable, "-I", "-S", "-c", REAPER, socket_path, token])
+            _owner = (os.getpid(), token, reaper)
         return {OWNER_LABEL: _owner[1]}
 
-
-def _start_reaper(socket_path: str, token: str) -> subprocess.Popen | None:
-    try:
-        return subprocess.Popen([sys.executable, "-I", "-S", "-c", REAPER, socket_path, token],
-                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                cwd="/", start_new_session=True)  # not ended by a Ctrl-C to this process
-    except OSError:
-        return None

@@ -16,7 +16,6 @@ import os
 import shutil
 import sqlite3
 import subprocess
-import sys
 import tempfile
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -48,36 +47,34 @@ def seed(database: Path) -> bool:
         return False
 
 
-def prepare() -> tuple[Path, bool]:
-    """Make the template unless it exists: (its path, whether it was made now). Raises
-    BflowError when the migration fails or the cache folder cannot be written."""
+def prepare() -> Path:
+    """Make the template unless it exists; its path. Raises BflowError when the migration fails
+    or the cache folder cannot be written."""
     template = template_path()
     if template.is_file():
-        return template, False
+        return template
     try:
         template.parent.mkdir(parents=True, exist_ok=True)
-        work = tempfile.mkdtemp(prefix=".preparing-", dir=template.parent)
+        work = Path(tempfile.mkdtemp(prefix=".preparing-", dir=template.parent))
     except OSError as e:
         raise BflowError(f"cannot write the prepared Prefect database to {template.parent}: {e.strerror or e}",
                          hint="set XDG_CACHE_HOME to a folder this user can write") from None
     try:
-        database = Path(work) / "prefect.db"
-        _migrate(database, Path(work))
-        os.replace(database, template)  # two prepares at once: the last one's, whole
+        os.replace(_migrate(work), template)  # two prepares at once: the last one's, whole
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return template, True
+    return template
 
 
-def _migrate(database: Path, home: Path) -> None:
-    """Run Prefect's migrations on a new SQLite file `database`, and check that they ended."""
-    prefect = Path(sys.executable).with_name("prefect")
-    cmd = [str(prefect)] if prefect.exists() else [sys.executable, "-m", "prefect"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(home), PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{database}")
+def _migrate(home: Path) -> Path:
+    """Run Prefect's migrations on a new database in `home`, as a managed server's there would
+    have it (flow/server.py), check that they ended, and return the database's path."""
+    from .server import prefect_command, server_environment  # server.py imports this module
+
+    database = home / "prefect.db"
     try:
-        done = subprocess.run(cmd + ["server", "database", "upgrade", "-y"], env=env, cwd=home,
-                              stdin=subprocess.DEVNULL, capture_output=True, timeout=MIGRATE_TIMEOUT)
+        done = subprocess.run(prefect_command("server", "database", "upgrade", "-y"), env=server_environment(home),
+                              cwd=home, stdin=subprocess.DEVNULL, capture_output=True, timeout=MIGRATE_TIMEOUT)
     except subprocess.TimeoutExpired:
         raise BflowError(f"Prefect's database migrations did not end within {MIGRATE_TIMEOUT:.0f} s") from None
     if done.returncode != 0:
@@ -96,3 +93,4 @@ def _migrate(database: Path, home: Path) -> None:
         db.close()  # the last connection: its end folds the WAL into the file
     if not versions:
         raise BflowError(f"Prefect's database migrations left {database} unfinished: {why}")
+    return database

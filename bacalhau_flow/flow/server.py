@@ -242,6 +242,13 @@ def server_environment(home: Path) -> dict[str, str]:
     return env
 
 
+def prefect_command(*args: str) -> list[str]:
+    """`prefect ARGS` of this environment's Prefect."""
+    prefect = Path(sys.executable).with_name("prefect")
+    found = [str(prefect)] if prefect.exists() else [sys.executable, "-m", "prefect"]
+    return found + list(args)
+
+
 def _spawn(say: Callable[[str], None], port: int | None, lock) -> Starting:
     home = server_home()
     if port is not None and _port_taken(port):
@@ -249,9 +256,7 @@ def _spawn(say: Callable[[str], None], port: int | None, lock) -> Starting:
                           hint=f"free it, or choose another with {PORT_VARIABLE} (or `bflow server start --port`)")
     port = port or _free_port()
     log = home / "server.log"
-    prefect = Path(sys.executable).with_name("prefect")
-    cmd = [str(prefect)] if prefect.exists() else [sys.executable, "-m", "prefect"]
-    cmd += ["server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    cmd = prefect_command("server", "start", "--host", "127.0.0.1", "--port", str(port))
     seed(home / "prefect.db")  # a new home: from the prepared empty database, not ~10 s of migrations
     say(f"starting Prefect server on 127.0.0.1:{port} (state in {home}) ...")
     with open(log, "ab") as out:

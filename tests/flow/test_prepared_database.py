@@ -5,29 +5,21 @@ line. The template of this Prefect version is made once (scripts/setup.sh has ma
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sqlite3
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
+
+from home_helpers import bflow_in
 
 from bacalhau_flow.flow import prefect_db
 
 MARKER = "bflow-seed-marker"
 
 
-def bflow(home: Path, cache: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(BFLOW_HOME=str(home), XDG_CACHE_HOME=str(cache))
-    return subprocess.run([sys.executable, "-m", "bacalhau_flow.cli", *args], env=env, capture_output=True,
-                          text=True, timeout=240, check=False)
-
-
 def marked_template(cache: Path, monkeypatch) -> Path:
     """The real template of this Prefect version, copied under `cache` with one flow more."""
-    real, _made = prefect_db.prepare()
+    real = prefect_db.prepare()
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
     template = prefect_db.template_path()
     template.parent.mkdir(parents=True)
@@ -42,14 +34,14 @@ def marked_template(cache: Path, monkeypatch) -> Path:
 def test_a_new_homes_server_starts_from_the_prepared_database(tmp_path, monkeypatch):
     cache, home = tmp_path / "cache", tmp_path / "home"
     marked_template(cache, monkeypatch)
-    started = bflow(home, cache, "server", "start", "--json")
+    started = bflow_in(home, "server", "start", "--json")
     assert started.returncode == 0, started.stderr
     try:
         api = json.loads(started.stdout)["api_url"]
         with urllib.request.urlopen(f"{api}/flows/name/{MARKER}", timeout=10) as answer:
             assert json.load(answer)["name"] == MARKER  # only the copy has it
     finally:
-        assert bflow(home, cache, "server", "stop").returncode == 0
+        assert bflow_in(home, "server", "stop").returncode == 0
 
 
 def test_a_homes_own_database_is_never_replaced(tmp_path, monkeypatch):
@@ -69,10 +61,11 @@ def test_without_a_template_a_new_home_is_left_to_migrate_its_own(tmp_path, monk
     assert not (tmp_path / "prefect.db").exists()
 
 
-def test_a_cache_that_cannot_be_written_is_one_line_with_a_hint(tmp_path):
+def test_a_cache_that_cannot_be_written_is_one_line_with_a_hint(tmp_path, monkeypatch):
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("")
-    done = bflow(tmp_path / "home", blocked, "server", "prepare")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
+    done = bflow_in(tmp_path / "home", "server", "prepare")
     assert done.returncode == 1
     assert f"cannot write the prepared Prefect database to {blocked / 'bacalhau-flow'}" in done.stderr
     assert "hint: set XDG_CACHE_HOME" in done.stderr and "Traceback" not in done.stderr
