@@ -1,7 +1,9 @@
 """Every test session gets its own $BFLOW_HOME, and so its own managed Prefect server
 (flow/server.py): started here, before anything imports prefect, shared by the tests and by
-every `bflow` process they start (they inherit PREFECT_API_URL), stopped at the end."""
+every `bflow` process they start (they inherit PREFECT_API_URL), stopped at the end, also
+when pytest ends before any session (a usage error: pytest loads this file to learn options)."""
 
+import atexit
 import os
 import tempfile
 
@@ -13,6 +15,17 @@ os.environ.pop("PREFECT_API_URL", None)
 from bacalhau_flow.flow.prefect_api import use_prefect  # noqa: E402
 
 use_prefect()
+_session_finished = False
+
+
+def _stop_server_left_running():
+    if not _session_finished:
+        from bacalhau_flow.flow.server import stop_server
+
+        stop_server()
+
+
+atexit.register(_stop_server_left_running)
 
 # Fixtures of real parts that several test folders use: `s3_server` (a moto S3 server).
 pytest_plugins = ["bacalhau_flow.testing.s3"]
@@ -34,6 +47,9 @@ def _restore_command_environment():
 
 def pytest_sessionfinish(session, exitstatus):
     import sys
+
+    global _session_finished
+    _session_finished = True
 
     from bacalhau_flow.flow.server import stop_server
 
