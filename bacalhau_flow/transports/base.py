@@ -66,18 +66,17 @@ class Envelope:
 
 
 def _refuse_non_finite(value: Any) -> None:
-    kind = type(value)
-    if kind is float:
+    """Raise ValueError for a NaN or an infinity anywhere in `value`, dict keys included."""
+    if isinstance(value, float):
         if not math.isfinite(value):
             raise ValueError(f"out of range float values are not JSON compliant: {value!r}")
     elif isinstance(value, dict):
-        for item in value.values():
+        for key, item in value.items():
+            _refuse_non_finite(key)
             _refuse_non_finite(item)
     elif isinstance(value, (list, tuple)):
         for item in value:
             _refuse_non_finite(item)
-    elif isinstance(value, float):  # a subclass of float
-        _refuse_non_finite(float(value))
 
 
 Handler = Callable[[Envelope], Awaitable[Envelope | None]]

@@ -23,6 +23,7 @@ def test_tuples_arrive_as_lists_and_keys_as_strings():
     {"x": [1.0, None, math.nan]},
     {"deep": {"deeper": [{"y": math.inf}]}},
     {"t": (None, -math.inf)},
+    {"by_number": {math.nan: "a key"}},
 ])
 def test_non_finite_numbers_anywhere_in_a_body_are_refused(body):
     with pytest.raises(ValueError, match="not JSON compliant"):
