@@ -15,11 +15,13 @@ os.environ.pop("PREFECT_API_URL", None)
 from bacalhau_flow.flow.prefect_api import use_prefect  # noqa: E402
 
 use_prefect()
-_session_finished = False
+_PYTEST_PID = os.getpid()
 
 
 def _stop_server_left_running():
-    if not _session_finished:
+    """At exit, in pytest's own process (not in a child forked by a test): a no-op when
+    pytest_sessionfinish stopped the server already, since nothing is recorded then."""
+    if os.getpid() == _PYTEST_PID:
         from bacalhau_flow.flow.server import stop_server
 
         stop_server()
@@ -47,9 +49,6 @@ def _restore_command_environment():
 
 def pytest_sessionfinish(session, exitstatus):
     import sys
-
-    global _session_finished
-    _session_finished = True
 
     from bacalhau_flow.flow.server import stop_server
 
