@@ -152,7 +152,7 @@ def check_engine() -> None:
             why = _unix_socket_unanswered(path)
             if why is not None:
                 _engine_failure = (os.getpid(), time.monotonic(), _unreachable(why))
-                raise _engine_failure[2]
+                raise _afresh(_engine_failure[2])
             _engine_checked = os.getpid()
             return
     engine()  # TCP or SSH: the SDK asks
@@ -169,7 +169,7 @@ def engine():
         try:
             client = _connect()
         except ExecutorError as e:
-            _engine_failure = (os.getpid(), time.monotonic(), e)
+            _engine_failure = (os.getpid(), time.monotonic(), _afresh(e))
             raise
         _engine = (os.getpid(), client)
         return client
@@ -179,7 +179,14 @@ def _raise_remembered_failure() -> None:
     """Raise the last failure to reach the engine, if this process had one a moment ago."""
     failure = _engine_failure
     if failure and failure[0] == os.getpid() and time.monotonic() - failure[1] < ENGINE_FAILURE_MEMORY_SECONDS:
-        raise failure[2]
+        raise _afresh(failure[2])
+
+
+def _afresh(error: ExecutorError) -> ExecutorError:
+    """A copy of a remembered error, without its traceback. Raising the remembered one itself
+    would add the raiser's frames to its traceback every time. Those frames hold the nodes and
+    executions that asked, and everything they reference, for as long as the error is kept."""
+    return ExecutorError(error.message, hint=error.hint, retryable=error.retryable)
 
 
 def _unreachable(why: object) -> ExecutorError:
@@ -216,11 +223,11 @@ class _Pulls:
         with image_lock:
             failed = self._failed.get(image)
             if failed and time.monotonic() - failed[0] < PULL_FAILURE_MEMORY_SECONDS:
-                raise failed[1]
+                raise _afresh(failed[1])
             try:
                 _pull(client, image)
             except ExecutorError as e:
-                self._failed[image] = (time.monotonic(), e)
+                self._failed[image] = (time.monotonic(), _afresh(e))
                 raise
             self._failed.pop(image, None)
 

@@ -1,12 +1,16 @@
 """A Docker engine that does not answer: the nodes say why they cannot offer docker, and a
 docker shard fails naming the engine, in `bflow run`'s summary and in `bflow logs`."""
 
+import gc
 import json
 import subprocess
 import sys
+import weakref
 
 from cli_helpers import bflow, bflow_process, write_spec
 
+from bacalhau_flow.errors import ExecutorError
+from bacalhau_flow.executors import docker as docker_executor
 from bacalhau_flow.network.node import offered_executors
 
 
@@ -19,6 +23,37 @@ def test_a_node_announces_why_it_cannot_offer_docker(tmp_path, monkeypatch):
     assert offered == ["local"]
     assert unavailable == {"docker": f"cannot reach the Docker engine at unix://{tmp_path}/no-engine.sock: "
                                      f"there is no socket at {tmp_path}/no-engine.sock"}
+
+
+class _Asker:
+    """Stands for a node: what refers to it while it asks for the engine."""
+
+    def ask(self) -> ExecutorError:
+        try:
+            docker_executor.check_engine()
+        except ExecutorError as e:
+            return e
+        raise AssertionError("the engine answered")
+
+
+def test_a_remembered_engine_failure_keeps_nothing_of_those_who_asked(tmp_path, monkeypatch):
+    """The failure is remembered for a few seconds, but each asker gets an error of its own:
+    re-raising the remembered one would chain every asker's frames onto its traceback and keep
+    the nodes (and their jobs) alive."""
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    monkeypatch.setattr("bacalhau_flow.executors.docker._engine", None)
+    monkeypatch.setattr("bacalhau_flow.executors.docker._engine_failure", None)
+    monkeypatch.setattr("bacalhau_flow.executors.docker._engine_checked", None)
+    askers = [_Asker() for _ in range(3)]
+    errors = [asker.ask() for asker in askers]  # the first finds the socket missing, the rest are told
+    assert len({id(e) for e in errors}) == 3 and len({str(e) for e in errors}) == 1
+    assert all(e.hint == docker_executor.NO_ENGINE_HINT for e in errors)
+    remembered = docker_executor._engine_failure[2]
+    assert remembered.__traceback__ is None and all(e is not remembered for e in errors)
+    gone = [weakref.ref(asker) for asker in askers]
+    del askers, errors
+    gc.collect()
+    assert [ref() for ref in gone] == [None, None, None]
 
 
 def test_a_docker_shard_with_no_engine_anywhere_fails_naming_the_engine(tmp_path, monkeypatch):

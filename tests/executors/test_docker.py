@@ -59,11 +59,16 @@ def test_an_image_that_does_not_exist_fails_with_its_name_and_a_hint(executor, t
 
 def test_a_second_shard_of_an_image_that_cannot_be_pulled_fails_without_pulling_again(executor, tmp_path):
     missing = f"bflow-test/no-such-image-{uuid.uuid4().hex[:8]}:1"
+    from bacalhau_flow.executors.docker import _pulls
+
     with pytest.raises(ExecutorError) as first:
         executor.run(make(tmp_path, missing, "true"))
+    remembered = _pulls._failed[missing]  # (when, error): stored again only after a pull failed
     with pytest.raises(ExecutorError) as second:
         executor.run(make(tmp_path, missing, "true"))
-    assert second.value is first.value  # the remembered failure, not a new pull
+    assert _pulls._failed[missing] is remembered  # the remembered failure, not a new pull
+    assert str(second.value) == str(first.value) and second.value.hint == first.value.hint
+    assert second.value is not first.value  # an error of its own: the first one's frames are not kept
 
 
 def test_writing_to_inputs_fails_and_leaves_them_unchanged(executor, image, tmp_path):
