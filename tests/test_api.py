@@ -121,6 +121,24 @@ def test_raise_on_failure_false_returns_the_failed_job(tmp_path):
     assert job.state == "failed" and job.shards[0].exit_code == 3
 
 
+def test_an_ended_job_leaves_nothing_of_it_in_memory(tmp_path):
+    """Prefect keeps copies of the contexts a flow run ran in (for the process's lifetime, or a
+    minute): what a job's flow reaches through them must not be its shards (a long-lived
+    process, `bflow serve` or a user's own, would keep every job it ran)."""
+    import gc
+
+    from bacalhau_flow.flow.job_run import JobRun
+    from bacalhau_flow.plan.datum import Shard
+
+    (pipeline,) = load(_spec(tmp_path, "forgotten"))
+    job = run(pipeline)
+    assert job.state == "completed"
+    gc.collect()
+    alive = gc.get_objects()
+    assert [o for o in alive if isinstance(o, JobRun) and o.job.id == job.id] == []
+    assert [o for o in alive if isinstance(o, Shard) and o.pipeline == pipeline.name] == []
+
+
 def test_a_bad_spec_raises_spec_error():
     from bacalhau_flow.errors import SpecError
 
