@@ -1,5 +1,6 @@
 """One attempt of one shard on a node, start to end, in a work directory of its own:
-stage inputs, run the executor, store outputs and logs by CID, clean up. Blocking.
+stage inputs, run the executor, store outputs and logs by CID, clean up (the folder is emptied
+and kept for a later attempt: network/work_folders.py). Blocking.
 
 The command's environment is `pass_env` (the node's variables its operator passes on, `bflow
 node --pass-env`), then `transform.env`, then the shard's opened `secrets`, then the BFLOW_*
@@ -11,7 +12,8 @@ them (network/staging.py). Everything the command writes counts toward `resource
 from __future__ import annotations
 
 import logging
-import shutil
+import os
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +24,7 @@ from ..storage import ContentStore
 from .messages import ShardRequest, ShardResult
 from .disk import OutputWatch, check_inputs, cut_streams, outputs_error, stream_cut_error
 from .staging import make_writable, stage_inputs
+from .work_folders import WorkFolders
 
 log = logging.getLogger("bacalhau_flow.node")
 
@@ -50,10 +53,9 @@ def run_shard_attempt(request: ShardRequest, executor: Executor, store: ContentS
             started=started, ended=time.time(),
         )
 
+    folders = WorkFolders.at(work_root)
     try:
-        outputs.mkdir(parents=True, exist_ok=True)
-        stdout.touch()
-        stderr.touch()
+        folders.take(work)
         limit = request.resources.disk
         try:
             staged = stage_inputs(request, inputs, store, allow_paths=allow_paths)
@@ -90,13 +92,22 @@ def run_shard_attempt(request: ShardRequest, executor: Executor, store: ContentS
         return result("failed", error=f"node {node_id} failed: {e}", retryable=True)
     finally:
         make_writable(inputs)
-        shutil.rmtree(work, ignore_errors=True)
+        folders.give_back(work)
 
 
 def _note(stderr: Path, message: str) -> None:
-    """Append a line from bflow itself to the shard's stderr, where the user looks first."""
-    with stderr.open("a") as f:
-        f.write(f"bflow: {message}\n")
+    """Append a line from bflow itself to the shard's stderr, where the user looks first; not
+    when the command put a link, a hard link or something else than a file in its place (the
+    error is in the result anyway)."""
+    try:
+        fd = os.open(stderr, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY,
+                     0o644)
+    except OSError:
+        return
+    with open(fd, "a") as f:
+        info = os.fstat(fd)
+        if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
+            f.write(f"bflow: {message}\n")
 
 
 def _execution(request: ShardRequest, inputs: Path, outputs: Path, stdout: Path, stderr: Path,

@@ -1,0 +1,202 @@
+"""The work folders of a node's shard attempts, emptied and kept for the next attempt rather
+than removed and made again.
+
+An attempt works in `<work root>/<job id>/<shard>-<attempt>`: `inputs`, `outputs`, `home`,
+`tmp` (executors/base.py SCRATCH_DIRS), `stdout` and `stderr`. Made afresh for each attempt,
+that is six folders (with the input's own under `inputs`) and two files created and removed a
+shard. On ext4 a file or folder created soon after many were removed costs the kernel a search
+past each recently freed inode (`recently_deleted`), and with `discard` each freed folder block
+is trimmed: for shards of `true` on the embedded network, a quarter of the node's time (1000
+shards: 9.2 s of CPU, 7.1 s with the folders kept, 6.5 s with the work root on tmpfs).
+
+So an ended attempt's folder is emptied down to that skeleton (what the command wrote beside
+it, in its working folder, is removed too) and renamed into this process's spare folder
+(`<work root>/.spare-<pid>/<n>`, at most KEEP of them); the next attempt renames a spare into
+place. A folder is kept only when emptying it left the skeleton as first made: each part a
+real folder or a regular file with no other name, owned by this process's user, the folders
+empty with the modes they were made with, the files truncated. Anything else (a part replaced
+by a symlink or a hard link, something that cannot be removed, another owner) and the whole
+folder is removed, as before. Links are removed, never followed. Whatever the command started
+has ended by then (its cgroup, its subreaper or its container is gone), so nothing writes there
+while it is emptied. The spares are removed at this process's exit; those of a process that
+could not (killed by SIGKILL) when another first takes a folder under that root.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import os
+import shutil
+import stat
+import threading
+from pathlib import Path
+
+from ..executors.base import SCRATCH_DIRS
+
+FOLDERS = ("inputs", "outputs", *SCRATCH_DIRS)
+FILES = ("stdout", "stderr")
+KEEP = 64  # spare folders a process keeps per work root
+SPARE_PREFIX = ".spare-"
+
+
+class WorkFolders:
+    """The work folders under one work root, for this process (a forked child gets its own)."""
+
+    _by_root: dict[tuple[int, Path], "WorkFolders"] = {}
+    _lock = threading.Lock()
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.spares = root / f"{SPARE_PREFIX}{os.getpid()}"
+        self._spare: list[Path] = []
+        self._count = itertools.count()
+        self._lock = threading.Lock()
+        self._modes: dict[str, int] = {}  # a part's mode as first made (under this process's umask)
+
+    @classmethod
+    def at(cls, root: Path) -> "WorkFolders":
+        key = (os.getpid(), Path(root))
+        with cls._lock:
+            folders = cls._by_root.get(key)
+            if folders is None:
+                folders = cls._by_root[key] = cls(Path(root))
+                _remove_stale_spares(folders.root)
+                atexit.register(folders.clear)
+            return folders
+
+    def take(self, work: Path) -> None:
+        """Make the empty work folder `work`: a spare, or a new one. What an earlier try of the
+        same attempt left there (a node killed mid-attempt) is removed first."""
+        if os.path.islink(work):  # never work through a link someone left in its place
+            os.unlink(work)
+        elif os.path.lexists(work):
+            shutil.rmtree(work, ignore_errors=True)
+        work.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            spare = self._spare.pop() if self._spare else None
+        if spare is not None:
+            try:
+                os.rename(spare, work)
+                return
+            except OSError:
+                shutil.rmtree(spare, ignore_errors=True)
+        work.mkdir()
+        for name in FOLDERS:
+            (work / name).mkdir()
+        for name in FILES:
+            (work / name).touch()
+        if not self._modes:
+            self._modes = {name: stat.S_IMODE(os.lstat(work / name).st_mode) for name in ("", *FOLDERS)}
+
+    def give_back(self, work: Path) -> None:
+        """The attempt in `work` has ended: keep the folder emptied, or remove it."""
+        with self._lock:
+            room = len(self._spare) < KEEP and bool(self._modes)
+            spare = self.spares / str(next(self._count)) if room else None
+        if spare is not None and _emptied(work, self._modes):
+            try:
+                self.spares.mkdir(exist_ok=True)
+                os.rename(work, spare)
+                with self._lock:
+                    self._spare.append(spare)
+                return
+            except OSError:
+                pass
+        shutil.rmtree(work, ignore_errors=True)
+
+    def clear(self) -> None:
+        """Remove this process's spare folders (at its exit)."""
+        with self._lock:
+            self._spare.clear()
+        shutil.rmtree(self.spares, ignore_errors=True)
+
+
+def _emptied(work: Path, modes: dict[str, int]) -> bool:
+    """Empty `work` down to its skeleton (FOLDERS, FILES), each part as first made; False when
+    it cannot be (then the caller removes it all)."""
+    me = os.geteuid()
+    try:
+        top = os.lstat(work)
+        if not stat.S_ISDIR(top.st_mode) or top.st_uid != me:
+            return False
+        os.chmod(work, modes[""])
+        with os.scandir(work) as entries:
+            parts = {entry.name: entry for entry in entries}
+        if not {*FOLDERS, *FILES} <= set(parts):
+            return False
+        for name, entry in parts.items():  # what the command wrote beside them (its cwd is `work`)
+            if name not in FOLDERS and name not in FILES:
+                _remove(entry)
+        for name in FOLDERS:
+            info = parts[name].stat(follow_symlinks=False)
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != me:
+                return False
+            os.chmod(parts[name].path, 0o700)  # to empty it, whatever the command left
+            _remove_contents(parts[name].path)
+            os.chmod(parts[name].path, modes[name])
+        for name in FILES:
+            if not _truncated(parts[name].path, me):
+                return False
+        return True
+    except (OSError, KeyError):
+        return False
+
+
+def _remove_contents(folder: str) -> None:
+    with os.scandir(folder) as entries:
+        for entry in list(entries):
+            _remove(entry)
+    if os.listdir(folder):
+        raise OSError(f"{folder} is not empty")
+
+
+def _remove(entry: os.DirEntry) -> None:
+    """Remove a file, a link (never what it leads to) or a whole folder."""
+    if entry.is_dir(follow_symlinks=False):
+        _make_removable(entry.path)
+        shutil.rmtree(entry.path)
+    else:
+        os.unlink(entry.path)
+
+
+def _make_removable(folder: str) -> None:
+    """Let this process remove everything under `folder` (staged inputs are read-only)."""
+    os.chmod(folder, 0o700)
+    for dirpath, dirs, _files in os.walk(folder):
+        for d in dirs:
+            path = os.path.join(dirpath, d)
+            if not os.path.islink(path):
+                os.chmod(path, 0o700)
+
+
+def _truncated(path: str, me: int) -> bool:
+    """Truncate the file at `path` if it is a regular file of ours with no other name (a hard
+    link the command made to some other file must not be truncated)."""
+    if not stat.S_ISREG(os.lstat(path).st_mode):  # never open a fifo or a device the command made
+        return False
+    fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1 or info.st_uid != me:
+            return False
+        os.ftruncate(fd, 0)
+        return True
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_spares(root: Path) -> None:
+    """Remove the spare folders of processes that are gone (a node killed by SIGKILL)."""
+    try:
+        candidates = [p for p in root.iterdir() if p.name.startswith(SPARE_PREFIX)]
+    except OSError:
+        return
+    for path in candidates:
+        try:
+            os.kill(int(path.name[len(SPARE_PREFIX):]), 0)
+            continue  # alive
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except (ValueError, PermissionError):
+            continue
