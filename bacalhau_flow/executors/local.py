@@ -336,7 +336,7 @@ def _unrunnable(program: str, path: str, cwd: Path) -> tuple[str, int] | None:
             if os.access(c, os.X_OK):
                 return None
             denied = True
-        elif os.path.isdir(c) and "/" in program:
+        elif "/" in program and os.path.isdir(c):  # a bare name: one stat a PATH entry, not two
             denied = True
     if denied:
         return f"permission denied: {program}", 126

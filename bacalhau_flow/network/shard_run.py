@@ -23,7 +23,7 @@ from ..executors import Execution, Executor
 from ..storage import ContentStore
 from .messages import ShardRequest, ShardResult
 from .disk import OutputWatch, check_inputs, cut_streams, outputs_error, stream_cut_error
-from .staging import make_writable, stage_inputs
+from .staging import stage_inputs
 from .work_folders import WorkFolders
 
 log = logging.getLogger("bacalhau_flow.node")
@@ -91,7 +91,6 @@ def run_shard_attempt(request: ShardRequest, executor: Executor, store: ContentS
         _note(stderr, f"node {node_id} failed: {e}")
         return result("failed", error=f"node {node_id} failed: {e}", retryable=True)
     finally:
-        make_writable(inputs)
         folders.give_back(work)
 
 

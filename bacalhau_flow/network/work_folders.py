@@ -52,6 +52,7 @@ class WorkFolders:
         self._spare: list[Path] = []
         self._count = itertools.count()
         self._lock = threading.Lock()
+        self._spares_made = False
         self._modes: dict[str, int] = {}  # a part's mode as first made (under this process's umask)
 
     @classmethod
@@ -96,19 +97,26 @@ class WorkFolders:
             spare = self.spares / str(next(self._count)) if room else None
         if spare is not None and _emptied(work, self._modes):
             try:
-                self.spares.mkdir(exist_ok=True)
+                if not self._spares_made:
+                    self.spares.mkdir(exist_ok=True)
+                    self._spares_made = True
                 os.rename(work, spare)
                 with self._lock:
                     self._spare.append(spare)
                 return
             except OSError:
                 pass
+        try:
+            _make_removable(str(work))  # staged inputs are read-only
+        except OSError:
+            pass
         shutil.rmtree(work, ignore_errors=True)
 
     def clear(self) -> None:
         """Remove this process's spare folders (at its exit)."""
         with self._lock:
             self._spare.clear()
+            self._spares_made = False
         shutil.rmtree(self.spares, ignore_errors=True)
 
 
@@ -120,44 +128,54 @@ def _emptied(work: Path, modes: dict[str, int]) -> bool:
         top = os.lstat(work)
         if not stat.S_ISDIR(top.st_mode) or top.st_uid != me:
             return False
-        os.chmod(work, modes[""])
+        _set_mode(work, top.st_mode, modes[""])
         with os.scandir(work) as entries:
             parts = {entry.name: entry for entry in entries}
         if not {*FOLDERS, *FILES} <= set(parts):
             return False
         for name, entry in parts.items():  # what the command wrote beside them (its cwd is `work`)
             if name not in FOLDERS and name not in FILES:
-                _remove(entry)
+                _remove(entry.path, entry.is_dir(follow_symlinks=False))
         for name in FOLDERS:
             info = parts[name].stat(follow_symlinks=False)
             if not stat.S_ISDIR(info.st_mode) or info.st_uid != me:
                 return False
-            os.chmod(parts[name].path, 0o700)  # to empty it, whatever the command left
+            mode = info.st_mode
+            if mode & 0o700 != 0o700:  # to empty it, whatever the command (or staging) left
+                mode = _set_mode(parts[name].path, mode, 0o700)
             _remove_contents(parts[name].path)
-            os.chmod(parts[name].path, modes[name])
+            _set_mode(parts[name].path, mode, modes[name])
         for name in FILES:
-            if not _truncated(parts[name].path, me):
+            if not _truncated(parts[name], me):
                 return False
         return True
     except (OSError, KeyError):
         return False
 
 
+def _set_mode(path: str | Path, mode: int, wanted: int) -> int:
+    """chmod `path` (now `mode`) to `wanted` unless it has it already; return `wanted`."""
+    if stat.S_IMODE(mode) != wanted:
+        os.chmod(path, wanted)
+    return wanted
+
+
 def _remove_contents(folder: str) -> None:
     with os.scandir(folder) as entries:
-        for entry in list(entries):
-            _remove(entry)
-    if os.listdir(folder):
+        found = [(entry.path, entry.is_dir(follow_symlinks=False)) for entry in entries]
+    for path, is_dir in found:
+        _remove(path, is_dir)
+    if found and os.listdir(folder):
         raise OSError(f"{folder} is not empty")
 
 
-def _remove(entry: os.DirEntry) -> None:
+def _remove(path: str, is_dir: bool) -> None:
     """Remove a file, a link (never what it leads to) or a whole folder."""
-    if entry.is_dir(follow_symlinks=False):
-        _make_removable(entry.path)
-        shutil.rmtree(entry.path)
+    if is_dir:
+        _make_removable(path)
+        shutil.rmtree(path)
     else:
-        os.unlink(entry.path)
+        os.unlink(path)
 
 
 def _make_removable(folder: str) -> None:
@@ -170,12 +188,15 @@ def _make_removable(folder: str) -> None:
                 os.chmod(path, 0o700)
 
 
-def _truncated(path: str, me: int) -> bool:
-    """Truncate the file at `path` if it is a regular file of ours with no other name (a hard
+def _truncated(entry: os.DirEntry, me: int) -> bool:
+    """Truncate the file `entry` if it is a regular file of ours with no other name (a hard
     link the command made to some other file must not be truncated)."""
-    if not stat.S_ISREG(os.lstat(path).st_mode):  # never open a fifo or a device the command made
-        return False
-    fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
+    info = entry.stat(follow_symlinks=False)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1 or info.st_uid != me:
+        return False  # never open a fifo or a device the command made either
+    if info.st_size == 0:
+        return True
+    fd = os.open(entry.path, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1 or info.st_uid != me:
