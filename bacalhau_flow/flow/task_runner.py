@@ -6,7 +6,8 @@ Prefect records states, retries and timeouts as usual. The shard task's body onl
 awaits `dispatch(...)`, which sends a JSON `ShardRequest` through the Requester to a
 node; no code and no pickles cross the transport. One event loop for all task runs
 keeps a thousand in-flight shards cheap (no thread per shard). The same loop runs the job's
-Cancel watcher (`watch`, flow/cancel_watch.py) with the task runs' shared Prefect client.
+Cancel watcher (`watch`, flow/cancel_watch.py) with the task runs' shared Prefect client, and
+sends the shard tasks' log records in batches with that client (flow/shard_logs.py).
 """
 
 from __future__ import annotations
@@ -22,8 +23,11 @@ from prefect.task_runners import TaskRunner
 
 from ..network.embedded import open_network
 from ..network.requester import Requester
+from . import shard_logs
+from .shard_logs import CURRENT_SHARD_LOGS, ShardLogs
 
 CURRENT_REQUESTER: contextvars.ContextVar[Requester] = contextvars.ContextVar("bflow_requester")
+LOGS_TIMEOUT = 5.0  # seconds a closing runner waits for its last shard log records to be sent
 
 
 class NetworkTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
@@ -37,6 +41,7 @@ class NetworkTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         self._network_cm = None
         self._tasks: set[asyncio.Task] = set()
         self._client_ctx = None  # one Prefect API client shared by every task run on the loop
+        self._shard_logs: ShardLogs | None = None
         self._loop_ctx = contextvars.copy_context()
 
     def duplicate(self) -> "NetworkTaskRunner":
@@ -71,6 +76,8 @@ class NetworkTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         # TLS context) for every task run: ~250 ms each on 2 cores.
         self._client_ctx = AsyncClientContext()
         await self._client_ctx.__aenter__()
+        self._shard_logs = ShardLogs(self._client_ctx.client)
+        shard_logs.install()
         self._network_cm = open_network(self.network, self.nodes)
         return await self._network_cm.__aenter__()
 
@@ -80,6 +87,8 @@ class NetworkTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=30)
         try:
+            if self._shard_logs is not None:
+                await self._shard_logs.close(LOGS_TIMEOUT)
             if self._network_cm is not None:
                 await self._network_cm.__aexit__(None, None, None)
         finally:
@@ -171,6 +180,8 @@ class NetworkTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         task_run_id = uuid7()
         context = contextvars.copy_context()
         context.run(CURRENT_REQUESTER.set, self.requester)
+        if self._shard_logs is not None:
+            context.run(CURRENT_SHARD_LOGS.set, self._shard_logs)
         if self._client_ctx is not None:
             context.run(type(self._client_ctx).__var__.set, self._client_ctx)
         outcome: concurrent.futures.Future = concurrent.futures.Future()

@@ -5,8 +5,10 @@ tags, a file of several pipelines as one parent flow run, and Cancel from the AP
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
+import threading
 import time
 import uuid
 
@@ -46,7 +48,7 @@ def flow_run_named(name: str) -> dict:
 def task_runs_of(flow_run_id: str, count: int) -> dict[str, dict]:
     def read():
         return api("/task_runs/filter", {"task_runs": {"flow_run_id": {"any_": [flow_run_id]}}})
-    runs = eventually(read, lambda rs: len(rs) == count and all(r["state"]["type"] in FINAL for r in rs))
+    runs = eventually(read, lambda rs: len(rs) == count and all((r["state"] or {}).get("type") in FINAL for r in rs))
     return {r["name"]: r for r in runs}
 
 
@@ -119,6 +121,92 @@ transform:
     rerun = flow_run_named(again.json()["id"])
     rows = json.loads(artifacts_of(rerun["id"])[f"bflow-{name}-shards"]["data"])
     assert [row["state"] for row in rows] == ["skipped", "failed"]
+
+
+def two_shards_one_failing(tmp_path, name: str, stderr: str = "odd number 7: failing on purpose"):
+    data = tmp_path / "d"
+    data.mkdir(exist_ok=True)
+    (data / "a.txt").write_text("a")
+    (data / "b.txt").write_text("b")
+    return write_spec(tmp_path, f"""
+pipeline: {name}
+input: {{url: d, glob: '/*.txt'}}
+transform:
+  cmd: [sh, -c, 'if [ -e $BFLOW_INPUTS/d/b.txt ]; then echo "{stderr}" >&2; exit 1; fi; echo x > $BFLOW_OUTPUTS/$BFLOW_SHARD_ID']
+""")
+
+
+def task_run_records(spec) -> tuple[dict, dict[str, list[dict]]]:
+    """Run `spec` (in this process); its job and the log records of each shard's task run, read
+    once it returned (the runner sent its last batch before it closed)."""
+    job = bflow("run", spec, "--json").json()
+    runs = task_runs_of(flow_run_named(job["id"])["id"], len(job["shards"]))
+    return job, {name: api("/logs/filter", {"logs": {"task_run_id": {"any_": [run["id"]]}}})
+                 for name, run in runs.items()}
+
+
+def shard_records(spec) -> tuple[dict, dict[str, list[dict]]]:
+    """As task_run_records, bflow's own records only (one per attempt)."""
+    job, records = task_run_records(spec)
+    return job, {name: [g for g in found if g["message"].startswith("shard ")] for name, found in records.items()}
+
+
+def test_shard_records_follow_prefects_logging_level_and_switch(tmp_path):
+    from prefect.logging.handlers import APILogHandler
+    from prefect.settings import PREFECT_LOGGING_TO_API_ENABLED, temporary_settings
+
+    (api_handler,) = [h for h in logging.getLogger("prefect.task_runs").handlers if isinstance(h, APILogHandler)]
+    before = api_handler.level
+    api_handler.setLevel(logging.WARNING)  # as `handlers: {api: {level: WARNING}}` in a logging.yml
+    try:
+        job, records = shard_records(two_shards_one_failing(tmp_path, unique("warning")))
+    finally:
+        api_handler.setLevel(before)
+    assert [s["state"] for s in job["shards"]] == ["completed", "failed"]
+    assert records["shard-0"] == []  # its INFO record is below the handler's level
+    (error,) = records["shard-1"]
+    assert error["level"] == 40 and "odd number 7: failing on purpose" in error["message"]
+
+    with temporary_settings(updates={PREFECT_LOGGING_TO_API_ENABLED: False}):
+        job, records = shard_records(two_shards_one_failing(tmp_path, unique("off")))
+    assert job["shards"][1]["state"] == "failed"
+    assert records == {"shard-0": [], "shard-1": []}
+
+
+def test_shard_records_are_sent_in_batches_of_prefects_size_each_once_and_bounded(tmp_path, monkeypatch):
+    from prefect.client.orchestration import PrefectClient
+    from prefect.settings import (PREFECT_LOGGING_TO_API_BATCH_SIZE, PREFECT_LOGGING_TO_API_MAX_LOG_SIZE,
+                                  temporary_settings)
+
+    batches = []
+    create_logs = PrefectClient.create_logs
+
+    async def counted(client, logs):  # the real call, counted where the shard tasks run
+        if threading.current_thread().name == "bflow-network":
+            batches.append(len(logs))
+        await create_logs(client, logs)
+
+    monkeypatch.setattr(PrefectClient, "create_logs", counted)
+    name = unique("batched")
+    data = tmp_path / "d"
+    data.mkdir()
+    for i in range(12):
+        (data / f"{i:02}.txt").write_text(str(i))
+    spec = write_spec(tmp_path, f"""
+pipeline: {name}
+input: {{url: d, glob: '/*.txt'}}
+transform: {{cmd: [sh, -c, 'printf "%03000d" 0 >&2; echo x > $BFLOW_OUTPUTS/$BFLOW_SHARD_ID']}}
+""")
+    # bflow's record of a shard is cut to ~1 kB: a batch of 2 kB holds two or three records
+    with temporary_settings(updates={PREFECT_LOGGING_TO_API_MAX_LOG_SIZE: 1000, PREFECT_LOGGING_TO_API_BATCH_SIZE: 2000}):
+        job, records = task_run_records(spec)
+    assert len(records) == 12
+    for shard, found in records.items():  # bflow's record and Prefect's own, each once
+        ours, prefects = ([g for g in found if g["message"].startswith(start)]
+                          for start in (f"shard {shard.split('-')[1]} completed on node ", "Finished in state Completed"))
+        assert len(ours) == 1 and len(prefects) == 1 and len(found) == 2, found
+        assert ours[0]["message"].endswith("... [truncated]") and len(ours[0]["message"].encode()) <= 1000
+    assert sum(batches) == 24 and len(batches) >= 6 and max(batches) <= 4, batches
 
 
 def test_a_file_of_two_pipelines_is_one_parent_flow_run(tmp_path):
