@@ -167,8 +167,16 @@ class Placement:
                                              order[b.node])):
                 self._accepted[request.attempt_id] = bid.node  # before the accept: a fast result may beat its ack
                 self._in_flight[bid.node] = self._in_flight.get(bid.node, 0.0) + cpu
-                if await self._accept(bid.node, self._with_secrets(body, bid.node, secrets), request):
-                    return bid.node
+                try:
+                    if await self._accept(bid.node, self._with_secrets(body, bid.node, secrets), request):
+                        return bid.node
+                except asyncio.CancelledError:
+                    # Stopped (a Ctrl-C) before the node answered: it may have taken the attempt
+                    # already, so it is told to drop it, as run() does with a placed one
+                    self._in_flight[bid.node] -= cpu
+                    self._accepted.pop(request.attempt_id, None)
+                    await self.cancel(bid.node, request)
+                    raise
                 self._in_flight[bid.node] -= cpu
                 self._accepted.pop(request.attempt_id, None)
             if any(not b.never for b in bids) or not bids:

@@ -84,3 +84,44 @@ def test_a_cancel_that_comes_before_its_accept_makes_the_node_refuse_the_accept(
         reply = stack.call(run())
     assert reply.body["accepted"] is False and "withdrew" in reply.body["reason"]
     assert not runs.exists()
+
+
+class AnswersAcceptsLate(SignedTransport):
+    """A requester's transport on which the node's answer to an accept comes only after 30 s:
+    the node has the attempt, the requester does not know it yet."""
+
+    async def request(self, subject, envelope, timeout):
+        reply = await super().request(subject, envelope, timeout)
+        if envelope.kind == "accept":
+            await asyncio.sleep(30)
+        return reply
+
+
+def test_a_run_stopped_while_its_accept_is_answered_has_the_node_drop_the_attempt(tmp_path):
+    """Found by the Ctrl-C test on NATS failing once: a shard whose accept was on its way
+    at the Ctrl-C ran on until the node stopped hearing the requester (20 s by default)."""
+    url = f"memory://stopped-accept-{uuid.uuid4().hex[:8]}"
+    runs = tmp_path / "runs"
+    request = _request(tmp_path, runs)
+    with Devstack(url, nodes=1, root=tmp_path / "nodes") as stack:
+        async def run():
+            requester = Requester(AnswersAcceptsLate(MemoryTransport(url), Identity.generate()),
+                                  ContentStore(tmp_path / "store"))
+            await requester.start(expect_nodes=1)
+            attempt = asyncio.ensure_future(requester.run(request))
+            for _ in range(100):  # until the node started the command
+                if runs.exists():
+                    break
+                await asyncio.sleep(0.05)
+            attempt.cancel()
+            try:
+                await attempt
+            except asyncio.CancelledError:
+                pass
+            await asyncio.sleep(2.0)  # the command would have ended by now
+            await requester.stop()
+            return requester
+
+        requester = stack.call(run())
+    assert runs.read_text().splitlines() == ["start"]  # started, then stopped by the cancel
+    assert requester._in_flight.get(stack.nodes[0].id, 0.0) == 0.0 and not requester._accepted
