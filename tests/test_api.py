@@ -144,3 +144,35 @@ def test_a_bad_spec_raises_spec_error():
 
     with pytest.raises(SpecError, match="globb"):
         run("pipeline: bad\ninput: {url: d, globb: '/*'}\ntransform: {cmd: ['true']}\n")
+
+
+@pytest.mark.parametrize("pipelines", [1, 2])
+def test_a_ctrl_c_that_another_thread_takes_stops_the_run_at_once(tmp_path, pipelines):
+    """The kernel may hand a process's SIGINT to any of its threads, and Python runs the handler
+    in the main thread only once that thread runs again. Here the SIGINT goes to a thread of
+    the test's own while the main thread waits: in the event loop of one pipeline's flow, or
+    for the threads of a file's two pipelines. It must be handled within a moment, not when a
+    shard ends by itself (30 s later)."""
+    import signal
+    import threading
+
+    from cli_helpers import wait_for_running_shard
+
+    from bacalhau_flow.errors import JobCancelled
+
+    names = [f"ctrl-c-{uuid.uuid4().hex[:8]}" for _ in range(pipelines)]
+    _data(tmp_path)
+    spec = "".join(f"---\npipeline: {name}\ninput: {{url: {tmp_path / 'd'}}}\ntransform: {{cmd: [sleep, '30']}}\n"
+                   for name in names)
+    asked: list[float] = []
+
+    def ctrl_c_here() -> None:
+        for name in names:
+            wait_for_running_shard(name)
+        asked.append(time.monotonic())
+        signal.pthread_kill(threading.get_ident(), signal.SIGINT)  # taken by this thread, not the main one
+
+    threading.Thread(target=ctrl_c_here, daemon=True).start()
+    with pytest.raises(JobCancelled, match="cancelled by the user"):
+        run(spec)
+    assert asked and time.monotonic() - asked[0] < 10, f"stopped {time.monotonic() - asked[0]:.1f} s after Ctrl-C"

@@ -143,9 +143,9 @@ def _run_to_end(coroutine):
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(coroutine)
+        return asyncio.run(interrupt.wakes_on_signals(coroutine))  # Ctrl-C handled at once
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bflow-flow") as pool:
-        return pool.submit(contextvars.copy_context().run, asyncio.run, coroutine).result()
+        return interrupt.result_of(pool.submit(contextvars.copy_context().run, asyncio.run, coroutine))
 
 
 class JobFlow(Flow):

@@ -25,21 +25,35 @@ So, while `watching()` (every `bflow run`, `rerun`, `resume`, and the jobs `bflo
 
 A handler that was there before (`bflow serve`'s) is put back afterwards and told about the
 Ctrl-C then, so serve stops after the job as it did before.
+
+Python runs a signal's handler in the main thread, once that thread runs again; the kernel may
+hand a process's SIGINT to any of its threads, and then a wait of the main thread without a
+timeout is not woken by it (found as a file of two pipelines that went on for 30 s after its
+Ctrl-C, once in a full suite; one pipeline, whose event loop runs in the main thread, waited
+as long). So the main thread waits for its jobs through `next_item` and `result_of`, in steps
+of SIGNAL_POLL_SECONDS, and its event loop is woken by any signal (`wakes_on_signals`).
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported where used: `bflow` imports this module first, and asyncio costs ~30 ms
+    import concurrent.futures
+    import socket
 
 GRACE_SECONDS = 2.5  # first Ctrl-C -> at most this long to end cleanly (the bound users see is 3 s)
 LEAVE_BOUND_SECONDS = 2.0  # what leave_now may take at most, to say why and leave the job store right
 EXIT_STATUS = 130
+SIGNAL_POLL_SECONDS = 0.2  # the longest a Ctrl-C taken by another thread waits for its handler
 
 _lock = threading.RLock()
 _depth = 0  # nested watching() (a DAG's pipelines inside run_dag)
@@ -108,6 +122,58 @@ def watching() -> Iterator[None]:
                         _stopped.clear()
                     if interrupted and theirs:
                         previous(signal.SIGINT, None)  # `bflow serve`: it stops after this job, as before
+
+
+def next_item(items: queue.Queue):
+    """`items.get()`, waiting in steps so a Ctrl-C's handler runs within one (the docstring)."""
+    while True:
+        try:
+            return items.get(timeout=SIGNAL_POLL_SECONDS)
+        except queue.Empty:
+            continue
+
+
+def result_of(future: concurrent.futures.Future):
+    """`future.result()`, waiting in steps so a Ctrl-C's handler runs within one (the docstring)."""
+    import concurrent.futures
+
+    while not future.done():
+        concurrent.futures.wait([future], timeout=SIGNAL_POLL_SECONDS)
+    return future.result()
+
+
+async def wakes_on_signals(awaitable: Awaitable):
+    """Await `awaitable`; meanwhile, in the main thread, a signal that any thread takes wakes
+    this event loop (Python's wakeup fd, as asyncio's own signal handlers use), so its handler
+    runs at once rather than at the loop's next event (the docstring)."""
+    import asyncio
+    import socket
+
+    if threading.current_thread() is not threading.main_thread():
+        return await awaitable
+    loop = asyncio.get_running_loop()
+    reader, writer = socket.socketpair()
+    reader.setblocking(False)
+    writer.setblocking(False)
+    loop.add_reader(reader.fileno(), _drain, reader)
+    try:
+        previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        try:
+            return await awaitable
+        finally:
+            signal.set_wakeup_fd(previous)
+    finally:
+        loop.remove_reader(reader.fileno())
+        reader.close()
+        writer.close()
+
+
+def _drain(reader: socket.socket) -> None:
+    try:
+        while reader.recv(4096):
+            pass
+    except (BlockingIOError, InterruptedError):
+        pass
 
 
 def _on_sigint(signum, frame) -> None:

@@ -229,7 +229,7 @@ def _run_dag(dag: PipelineDag, plans: dict[str, PipelinePlan], ids: dict[str, st
                 threading.Thread(target=contextvars.copy_context().run, args=(in_thread, pipeline), daemon=True,
                                  name=f"bflow-{pipeline.name}").start()
             if running:
-                pipeline, record, error = finished.get()
+                pipeline, record, error = interrupt.next_item(finished)
                 running.discard(pipeline.name)
                 if isinstance(error, BflowError) and not isinstance(error, JobCancelled):
                     record = _record_failed(pipeline, ids[pipeline.name], error)
