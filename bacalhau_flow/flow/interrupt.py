@@ -172,7 +172,7 @@ def _drain(reader: socket.socket) -> None:
     try:
         while reader.recv(4096):
             pass
-    except (BlockingIOError, InterruptedError):
+    except BlockingIOError:  # drained (recv retries an EINTR itself: PEP 475)
         pass
 
 
