@@ -40,6 +40,7 @@ from prefect.states import Cancelled, Completed, Failed
 
 from ..transports.redact import redacted
 from .artifacts import publish_artifacts
+from .collector import fewer_collections
 from . import interrupt
 from .cancel_watch import watch_for_cancel
 from .job_run import JobRun, ShardCancelled, ShardFailed
@@ -169,7 +170,7 @@ class JobFlow(Flow):
         nested = FlowRunContext.get() is not None  # a parent flow run's engine handles SIGTERM
         self.outer_tags = frozenset(TagsContext.get().current_tags)
         try:
-            with tags(*self.run_tags):
+            with tags(*self.run_tags), fewer_collections():  # flow/collector.py
                 outcome = _run_to_end(super().__call__(*args, **kwargs))
         except TerminationSignal as e:
             # SIGTERM reached the event loop while the body waited: the job stopped as on Ctrl-C,
