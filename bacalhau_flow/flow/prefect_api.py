@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from .server import ServerError, Starting, healthy, server_home, start_server
@@ -22,6 +23,7 @@ API_CHECK_TIMEOUT = 5.0  # seconds for PREFECT_API_URL to answer one health chec
 # run's events before this one), not gone. One where nothing listens fails at once.
 API_BUSY_WAIT = 30.0
 TAG = "bflow"  # on every flow run and deployment bflow makes: how serve and the tests find them
+NO_TLS_CA = Path(__file__).with_name("no_tls_ca.pem")  # see use_prefect
 
 
 _lock = threading.Lock()  # pipelines of one file may start in threads at once
@@ -51,6 +53,13 @@ def use_prefect(echo: Callable[[str], None] | None = None, wait: bool = True) ->
             _starting = start_server(echo=echo or _to_stderr)
             url = os.environ["PREFECT_API_URL"] = _starting.info.api_url
             os.environ.setdefault("PREFECT_HOME", str(server_home() / "client"))  # the client's files under $BFLOW_HOME
+            if url.startswith("http://"):
+                # Prefect builds a verifying TLS context for each API client it makes, plain HTTP
+                # or not: certifi's ~150 CA certificates, 31-48 ms each time, four times a job
+                # (its flow's client, the runner's, two for the result store). The managed server
+                # speaks plain HTTP on 127.0.0.1, so no certificate is ever checked: a one-certificate
+                # file (a CA whose key was thrown away) loads in ~3 ms.
+                os.environ.setdefault("PREFECT_API_SSL_CERT_FILE", str(NO_TLS_CA))
     if wait:
         prefect_ready()
     return url

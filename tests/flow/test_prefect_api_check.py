@@ -63,3 +63,30 @@ def test_a_run_against_nothing_is_one_line_and_exit_status(tmp_path):
                          text=True, env=env, timeout=60)
     assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
     assert "no Prefect server answers at PREFECT_API_URL=" in out.stderr
+
+
+def _api_settings_of_a_new_process(**env) -> list[str]:
+    """PREFECT_API_URL and PREFECT_API_SSL_CERT_FILE as a new process that calls use_prefect sees them."""
+    code = ("import os; from bacalhau_flow.flow.prefect_api import use_prefect; use_prefect(); "
+            "print(os.environ.get('PREFECT_API_URL')); print(os.environ.get('PREFECT_API_SSL_CERT_FILE'))")
+    base = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_API_SSL_CERT_FILE")}
+    out = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    return out.splitlines()
+
+
+def test_clients_of_the_managed_server_load_one_certificate_not_certifis():
+    import ssl
+
+    url, cert_file = _api_settings_of_a_new_process()
+    assert url.startswith("http://127.0.0.1:") and cert_file == str(prefect_api.NO_TLS_CA)
+    context = ssl.create_default_context(cafile=cert_file)  # a file Prefect's clients can load
+    assert context.cert_store_stats()["x509_ca"] == 1
+
+
+def test_a_certificate_file_of_the_users_own_or_their_own_api_is_left_alone(tmp_path):
+    own = tmp_path / "own.pem"
+    own.write_text(prefect_api.NO_TLS_CA.read_text())
+    assert _api_settings_of_a_new_process(PREFECT_API_SSL_CERT_FILE=str(own))[1] == str(own)
+    managed = _api_settings_of_a_new_process()[0]
+    assert _api_settings_of_a_new_process(PREFECT_API_URL=managed) == [managed, "None"]
