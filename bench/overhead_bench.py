@@ -111,7 +111,7 @@ def main(sizes: list[int], rounds: int) -> None:
     print("prefect: the plain flow; prefect+gc: the same with the collector's thresholds bflow sets "
           "while a job runs (flow/collector.py)")
     print(f"{'shards':>7} {'round':>6} {'raw s':>7} {'prefect s':>10} {'prefect+gc s':>13} {'bflow s':>8} "
-          f"{'bflow ms/shard':>15} {'bflow/prefect':>14} {'bflow/prefect+gc':>17}")
+          f"{'bflow ms/shard':>15} {'bflow/prefect':>14} {'bflow/prefect+gc':>17} {'bflow/raw':>10}")
     runs: dict[int, list[dict]] = {n: [] for n in sizes}
     for n in sizes:
         for k in range(1, rounds + 1):
@@ -128,7 +128,7 @@ def main(sizes: list[int], rounds: int) -> None:
                 settle()
             p, g, b = (measured[name][0] for name in ("prefect", "prefect+gc", "bflow"))
             print(f"{n:>7} {k:>6} {r:>7.2f} {p:>10.2f} {g:>13.2f} {b:>8.2f} {1000 * b / n:>15.2f} "
-                  f"{b / p:>14.2f} {b / g:>17.2f}", flush=True)
+                  f"{b / p:>14.2f} {b / g:>17.2f} {b / r:>10.2f}", flush=True)
             runs[n].append(measured)
     print(f"\nCPU seconds used during each run (this machine has {os.cpu_count()} cores):")
     print(f"{'shards':>7} {'round':>6} {'prefect proc':>13} {'its server':>11} {'bflow proc':>11} "

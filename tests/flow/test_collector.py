@@ -30,7 +30,7 @@ def test_raised_while_it_runs_and_given_back_after():
 
 
 def test_given_back_only_when_the_last_of_jobs_side_by_side_ends():
-    first_in, second_out, first_out = threading.Event(), threading.Event(), threading.Event()
+    first_in, second_out = threading.Event(), threading.Event()
     seen = {}
 
     def first():
@@ -38,7 +38,6 @@ def test_given_back_only_when_the_last_of_jobs_side_by_side_ends():
             first_in.set()
             second_out.wait(10)
             seen["after the second ended"] = gc.get_threshold()[0]
-        first_out.set()
 
     thread = threading.Thread(target=first)
     thread.start()
