@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 from dataclasses import dataclass
+from functools import partial
 
 from .base import Envelope, Handler, NoResponders, RequestTimeout, Subscription, Transport, TransportError
 
@@ -105,23 +106,26 @@ class MemoryTransport(Transport):
         if copies == 0:
             await asyncio.sleep(timeout)
             raise RequestTimeout(f"no reply on {subject} within {timeout:g}s")
-        futures = [
+        running = asyncio.get_running_loop()
+        deliveries = [
             asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._deliver(handler, wire), loop))
-            if loop is not asyncio.get_running_loop()
+            if loop is not running
             else asyncio.ensure_future(self._deliver(handler, wire))
             for _ in range(copies)
         ]
-        answer = asyncio.ensure_future(_first(futures[0]))
-        aborted = asyncio.get_running_loop().create_future()  # failed by close()
-        self._pending.add(aborted)
+        # The first delivery's outcome settles `answer`, so does close() or the timeout: one
+        # future and one timer a request, not a task and an asyncio.wait (a bid request ~55 us beside ~75-100 us).
+        # A cancelled caller leaves its delivery running, as a message sent over a wire would.
+        answer = running.create_future()
+        deliveries[0].add_done_callback(partial(_settle, answer, subject))
+        timer = running.call_later(timeout, _time_out, answer, deliveries[0],
+                                   f"no reply on {subject} within {timeout:g}s")
+        self._pending.add(answer)  # failed by close()
         try:
-            done, _ = await asyncio.wait({answer, aborted}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            reply = await answer
         finally:
-            self._pending.discard(aborted)
-        if not done:
-            answer.cancel()
-            raise RequestTimeout(f"no reply on {subject} within {timeout:g}s")
-        reply = done.pop().result()
+            timer.cancel()
+            self._pending.discard(answer)
         if reply is None:
             raise NoResponders(f"the handler of {subject} sent no reply")
         try:
@@ -143,14 +147,25 @@ class MemoryTransport(Transport):
         return await handler(Envelope.decode(wire))
 
 
-async def _first(future):
-    """The handler's reply; a handler that raised becomes a TransportError, as over a wire."""
-    try:
-        return await future
-    except asyncio.CancelledError:
-        raise
-    except Exception as e:
-        raise TransportError(f"the handler failed: {type(e).__name__}: {e}") from e
+def _settle(answer: asyncio.Future, subject: str, delivery: asyncio.Future) -> None:
+    """Hand the handler's reply to `answer`; a handler that raised, or was stopped before it
+    replied (its node closing), becomes a TransportError, as over a wire."""
+    error = None if delivery.cancelled() else delivery.exception()  # retrieved even when too late
+    if answer.done():
+        return
+    if delivery.cancelled():
+        answer.set_exception(TransportError(f"the handler of {subject} stopped before it replied"))
+    elif error is not None:
+        answer.set_exception(TransportError(f"the handler failed: {type(error).__name__}: {error}"))
+    else:
+        answer.set_result(delivery.result())
+
+
+def _time_out(answer: asyncio.Future, delivery: asyncio.Future, message: str) -> None:
+    """No reply in time: the request fails, and its delivery is stopped."""
+    if not answer.done():
+        answer.set_exception(RequestTimeout(message))
+    delivery.cancel()
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, coro) -> None:

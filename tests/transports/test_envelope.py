@@ -1,6 +1,7 @@
 """Envelope encoding (transports/base.py): what crosses every transport."""
 
 import math
+from collections import OrderedDict
 
 import pytest
 
@@ -24,6 +25,8 @@ def test_tuples_arrive_as_lists_and_keys_as_strings():
     {"deep": {"deeper": [{"y": math.inf}]}},
     {"t": (None, -math.inf)},
     {"by_number": {math.nan: "a key"}},
+    {"ordered": OrderedDict(a=[{"b": -math.inf}])},  # a dict subclass, as orjson writes it
+    {"ok": "text", "none": None, "n": 3, "flag": True, "last": math.nan},
 ])
 def test_non_finite_numbers_anywhere_in_a_body_are_refused(body):
     with pytest.raises(ValueError, match="not JSON compliant"):
