@@ -1,10 +1,14 @@
 """Per-shard overhead of `bflow run` beside plain Prefect and raw subprocess, in one run.
 
-For N trivial shards (local executor, `true`), three ways of doing the same work:
+For N trivial shards (local executor, `true`), four ways of doing the same work:
 - raw:     `subprocess.run(["true"])` N times in a loop
 - prefect: a plain Prefect flow mapping a task that runs `true`, on ThreadPoolTaskRunner; and
            the same flow again with the garbage collector's thresholds that bflow sets while a
            job runs (flow/collector.py), so that what that setting is worth shows apart
+- async:   a plain Prefect flow mapping an async task that runs `true` in a worker thread, all
+           its task runs on one event loop in one thread (Prefect's async task engine), as
+           bflow's task runner runs them (flow/task_runner.py): what the gap owes to that engine
+           beside the sync one, and what bflow's own work per shard is
 - bflow:   a pipeline of N datums (batch_size 1) through run_pipeline on the embedded network
 The Prefect server is warmed up first so no one pays its start, and each run waits for the
 server to digest the previous run's events. Prints ratios; the Prefect server's CPU time
@@ -14,18 +18,24 @@ two compete for the cores.
 
     python bench/overhead_bench.py [--rounds K] [N ...]     (default: 3 rounds of 1 100 1000)
 
-Each size runs K rounds, plain Prefect and bflow in turn (the order swapped every other round,
+Each size runs K rounds, the Prefect flows and bflow in turn (the order swapped every other round,
 each round with datums of its own), and ends with the median ratio and the range of the
 rounds' ratios: on a 2-core machine that shares its cores with the Prefect server, one round's
-ratio for the same code varies by up to ~25%.
+ratio for the same code varies by up to ~25%. The plain (sync) flow's times fall on a grid of
+whole seconds plus ~0.06 s: when a run ends, Prefect's sync flow engine joins its heartbeat
+thread, which sleeps in 1 s steps (20 shards: ~1.06 s, beside ~0.2 s on the async engine).
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextvars
 import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from statistics import median
@@ -38,7 +48,8 @@ use_prefect()
 
 from prefect import flow, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
-from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
+from prefect.futures import PrefectConcurrentFuture  # noqa: E402
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner  # noqa: E402
 
 from bacalhau_flow.flow.collector import fewer_collections  # noqa: E402
 from bacalhau_flow.flow.runner import run_pipeline  # noqa: E402
@@ -54,6 +65,58 @@ def run_true(i: int) -> int:
 @flow(task_runner=ThreadPoolTaskRunner(max_workers=16), persist_result=False)
 def plain_flow(n: int) -> int:
     return sum(f.result() for f in run_true.map(range(n)))
+
+
+class OneLoopTaskRunner(TaskRunner):
+    """Every task run on one event loop in a thread of its own, as bflow's runner has them, with
+    none of bflow's work: Prefect's async task engine alone."""
+
+    def duplicate(self) -> "OneLoopTaskRunner":
+        return type(self)()
+
+    def __enter__(self) -> "OneLoopTaskRunner":
+        super().__enter__()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        super().__exit__(*exc)
+
+    def submit(self, task, parameters, wait_for=None, dependencies=None):
+        from prefect._internal.uuid7 import uuid7
+        from prefect.task_engine import run_task_async
+
+        task_run_id, outcome = uuid7(), concurrent.futures.Future()
+        coro = run_task_async(task=task, task_run_id=task_run_id, parameters=parameters, wait_for=wait_for,
+                              return_type="state", dependencies=dependencies)
+
+        def finished(done: asyncio.Task) -> None:
+            if done.exception() is not None:
+                outcome.set_exception(done.exception())
+            else:
+                outcome.set_result(done.result())
+
+        def start() -> None:
+            self._loop.create_task(coro).add_done_callback(finished)
+
+        self._loop.call_soon_threadsafe(start, context=contextvars.copy_context())
+        return PrefectConcurrentFuture(task_run_id=task_run_id, wrapped_future=outcome)
+
+
+@task(cache_policy=NO_CACHE, persist_result=False)
+async def run_true_async(i: int) -> int:
+    return (await asyncio.to_thread(subprocess.run, ["true"])).returncode
+
+
+@flow(task_runner=OneLoopTaskRunner(), persist_result=False)
+async def async_flow(n: int) -> int:
+    futures = run_true_async.map(range(n))
+    await asyncio.wait([asyncio.wrap_future(f.wrapped_future) for f in futures])
+    return sum([await f.wrapped_future.result().aresult() for f in futures])
 
 
 def raw(n: int) -> float:
@@ -74,6 +137,13 @@ def prefect_same_gc(n: int) -> float:
     (flow/collector.py): what of the gap is that setting, and what is the rest."""
     with fewer_collections():
         return prefect(n)
+
+
+def prefect_async(n: int) -> float:
+    """The plain flow's work on Prefect's async task engine, all task runs on one loop."""
+    t = time.perf_counter()
+    assert asyncio.run(async_flow(n)) == 0
+    return time.perf_counter() - t
 
 
 def bflow(n: int, root: Path, tag: str = "") -> float:
@@ -104,14 +174,20 @@ def with_cpu(run) -> tuple[float, float, float]:
     return elapsed, process_cpu() - mine, cpu_seconds(pid) - server
 
 
+BASELINES = ("prefect", "prefect+gc", "async")  # each beside bflow, as bflow/<name>
+
+
 def main(sizes: list[int], rounds: int) -> None:
     root = Path(tempfile.mkdtemp(prefix="bflow-bench-data-"))
     prefect(2)  # warm up the Prefect server and imports
+    prefect_async(2)
     bflow(2, root)
     print("prefect: the plain flow; prefect+gc: the same with the collector's thresholds bflow sets "
-          "while a job runs (flow/collector.py)")
-    print(f"{'shards':>7} {'round':>6} {'raw s':>7} {'prefect s':>10} {'prefect+gc s':>13} {'bflow s':>8} "
-          f"{'bflow ms/shard':>15} {'bflow/prefect':>14} {'bflow/prefect+gc':>17} {'bflow/raw':>10}")
+          "while a job runs (flow/collector.py); async: the same work on Prefect's async task engine, "
+          "one event loop, as bflow's runner")
+    ratios = "".join(f" {'bflow/' + name:>17}" for name in BASELINES)
+    print(f"{'shards':>7} {'round':>6} {'raw s':>7} {'prefect s':>10} {'prefect+gc s':>13} {'async s':>8} "
+          f"{'bflow s':>8} {'bflow ms/shard':>15}{ratios} {'bflow/raw':>10}")
     runs: dict[int, list[dict]] = {n: [] for n in sizes}
     for n in sizes:
         for k in range(1, rounds + 1):
@@ -121,34 +197,36 @@ def main(sizes: list[int], rounds: int) -> None:
             # runs in turn, reversed every other round, so that a drift of the machine's speed
             # does not favour one
             order = [("prefect", lambda: prefect(n)), ("prefect+gc", lambda: prefect_same_gc(n)),
-                     ("bflow", lambda: bflow(n, root, tag=str(k)))]
+                     ("async", lambda: prefect_async(n)), ("bflow", lambda: bflow(n, root, tag=str(k)))]
             measured = {}
             for name, call in order if k % 2 else order[::-1]:
                 measured[name] = with_cpu(call)
                 settle()
-            p, g, b = (measured[name][0] for name in ("prefect", "prefect+gc", "bflow"))
-            print(f"{n:>7} {k:>6} {r:>7.2f} {p:>10.2f} {g:>13.2f} {b:>8.2f} {1000 * b / n:>15.2f} "
-                  f"{b / p:>14.2f} {b / g:>17.2f} {b / r:>10.2f}", flush=True)
+            p, g, a, b = (measured[name][0] for name in ("prefect", "prefect+gc", "async", "bflow"))
+            ratios = "".join(f" {b / measured[name][0]:>17.2f}" for name in BASELINES)
+            print(f"{n:>7} {k:>6} {r:>7.2f} {p:>10.2f} {g:>13.2f} {a:>8.2f} {b:>8.2f} {1000 * b / n:>15.2f}"
+                  f"{ratios} {b / r:>10.2f}", flush=True)
             runs[n].append(measured)
     print(f"\nCPU seconds used during each run (this machine has {os.cpu_count()} cores):")
-    print(f"{'shards':>7} {'round':>6} {'prefect proc':>13} {'its server':>11} {'bflow proc':>11} "
-          f"{'its server':>11} {'proc ratio':>11}")
+    print(f"{'shards':>7} {'round':>6} {'prefect proc':>13} {'its server':>11} {'async proc':>11} "
+          f"{'bflow proc':>11} {'its server':>11} {'proc ratio':>11}")
     for n in sizes:
         for k, measured in enumerate(runs[n], 1):
-            (_p, p_cpu, p_server), (_b, b_cpu, b_server) = measured["prefect"], measured["bflow"]
-            print(f"{n:>7} {k:>6} {p_cpu:>13.2f} {p_server:>11.2f} {b_cpu:>11.2f} {b_server:>11.2f} "
-                  f"{b_cpu / max(p_cpu, 1e-9):>11.2f}")
+            (_p, p_cpu, p_server), (_a, a_cpu, _s), (_b, b_cpu, b_server) = (
+                measured["prefect"], measured["async"], measured["bflow"])
+            print(f"{n:>7} {k:>6} {p_cpu:>13.2f} {p_server:>11.2f} {a_cpu:>11.2f} {b_cpu:>11.2f} "
+                  f"{b_server:>11.2f} {b_cpu / max(p_cpu, 1e-9):>11.2f}")
     if rounds > 1:
         print(f"\nMedian of {rounds} rounds (the machine's speed varies between runs; a range is the rounds' ratios):")
-        print(f"{'shards':>7} {'prefect s':>10} {'bflow s':>8} {'bflow/prefect':>14} {'range':>11} "
-              f"{'bflow/prefect+gc':>17} {'range':>11}")
+        columns = "".join(f" {'bflow/' + name:>17} {'range':>11}" for name in BASELINES)
+        print(f"{'shards':>7} {'prefect s':>10} {'async s':>8} {'bflow s':>8}{columns}")
         for n in sizes:
-            seconds = {name: [m[name][0] for m in runs[n]] for name in ("prefect", "prefect+gc", "bflow")}
-            shipped = [b / p for p, b in zip(seconds["prefect"], seconds["bflow"])]
-            same_gc = [b / g for g, b in zip(seconds["prefect+gc"], seconds["bflow"])]
-            print(f"{n:>7} {median(seconds['prefect']):>10.2f} {median(seconds['bflow']):>8.2f} "
-                  f"{median(shipped):>14.2f} {f'{min(shipped):.2f}-{max(shipped):.2f}':>11} "
-                  f"{median(same_gc):>17.2f} {f'{min(same_gc):.2f}-{max(same_gc):.2f}':>11}")
+            seconds = {name: [m[name][0] for m in runs[n]] for name in (*BASELINES, "bflow")}
+            line = f"{n:>7} {median(seconds['prefect']):>10.2f} {median(seconds['async']):>8.2f} {median(seconds['bflow']):>8.2f}"
+            for name in BASELINES:
+                each = [b / base for base, b in zip(seconds[name], seconds["bflow"])]
+                line += f" {median(each):>17.2f} {f'{min(each):.2f}-{max(each):.2f}':>11}"
+            print(line)
 
 
 if __name__ == "__main__":
