@@ -5,7 +5,8 @@ submitted task run executes here, on one event loop in a background thread, so
 Prefect records states, retries and timeouts as usual. The shard task's body only
 awaits `dispatch(...)`, which sends a JSON `ShardRequest` through the Requester to a
 node; no code and no pickles cross the transport. One event loop for all task runs
-keeps a thousand in-flight shards cheap (no thread per shard). The same loop runs the job's
+keeps a thousand in-flight shards cheap (no thread per shard); they are started a few per
+turn of the loop (flow/staggered.py), so that it keeps answering messages. The same loop runs the job's
 Cancel watcher (`watch`, flow/cancel_watch.py) with the task runs' shared Prefect client, and
 sends the shard tasks' log records in batches with that client (flow/shard_logs.py).
 """
@@ -25,6 +26,7 @@ from ..network.embedded import open_network
 from ..network.requester import Requester
 from . import shard_logs
 from .shard_logs import CURRENT_SHARD_LOGS, ShardLogs
+from .staggered import StaggeredStarts
 
 CURRENT_REQUESTER: contextvars.ContextVar[Requester] = contextvars.ContextVar("bflow_requester")
 LOGS_TIMEOUT = 5.0  # seconds a closing runner waits for its last shard log records to be sent
@@ -40,6 +42,7 @@ class NetworkTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         self._requester: Requester | None = None
         self._network_cm = None
         self._tasks: set[asyncio.Task] = set()
+        self._starts: StaggeredStarts | None = None  # the task runs, a few per turn of the loop
         self._client_ctx = None  # one Prefect API client shared by every task run on the loop
         self._shard_logs: ShardLogs | None = None
         self._loop_ctx = contextvars.copy_context()
@@ -53,6 +56,7 @@ class NetworkTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="bflow-network", daemon=True)
         self._thread.start()
+        self._starts = StaggeredStarts(self._loop)
         try:
             self._requester = self._call(self._open())
         except BaseException:
@@ -82,6 +86,7 @@ class NetworkTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         return await self._network_cm.__aenter__()
 
     async def _close(self) -> None:
+        self._starts.drop()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -194,12 +199,11 @@ class NetworkTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             dependencies=dependencies,
         )
 
-        def start() -> None:
-            t = self._loop.create_task(coro)
+        def started(t: asyncio.Task) -> None:
             self._tasks.add(t)
             t.add_done_callback(lambda done: self._settle(done, outcome))
 
-        self._loop.call_soon_threadsafe(start, context=context)
+        self._loop.call_soon_threadsafe(self._starts.start, coro, context, started, outcome.cancel)
         return PrefectConcurrentFuture(task_run_id=task_run_id, wrapped_future=outcome)
 
     def _settle(self, done: asyncio.Task, outcome: concurrent.futures.Future) -> None:

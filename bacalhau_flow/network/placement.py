@@ -1,7 +1,8 @@
 """How a requester chooses a node for a shard and has it accept the shard (the base of
 network/requester.py's `Requester`, whose state it reads: `nodes`, `_live`, `_in_flight`,
-`_failures`, `_missed`, `_withdrawn`, `_accepted`, `_discovered_up`, `_sampled`, and whose
-`live_nodes`, `discover_again`, `want_more_nodes`, `wait_for_answers`, `_drop` and `cancel` it calls).
+`_failures`, `_missed`, `_missed_at`, `_withdrawn`, `_accepted`, `_discovered_up`, `_sampled`,
+and whose `live_nodes`, `discover_again`, `want_more_nodes`, `wait_for_answers`, `_drop` and
+`cancel` it calls).
 
 The nodes that could ever run a shard (executor, selector's labels, total capacity) are kept
 per kind of shard; of those a bounded random sample is ranked (not failed on by this shard,
@@ -77,6 +78,7 @@ class Placement:
         return self._able_cache[key]
 
     async def _bid(self, node: str, body: dict) -> p.Bid | None:
+        asked = time.monotonic()
         try:
             reply = await self.transport.request(p.node_subject(node, "bid"), Envelope("bid_request", body,
                                                                                       sender=self.id), p.BID_TIMEOUT)
@@ -84,6 +86,7 @@ class Placement:
                 self._drop(None, f"a bid for node {node} from {reply.sender}")
                 return None
             self._missed.pop(node, None)
+            self._missed_at.pop(node, None)
             return p.Bid.model_validate(reply.body).model_copy(update={"node": node})
         except NoResponders as e:  # nobody serves its subject: gone until it announces again
             log.info("no bid from %s: %s", node, e)
@@ -92,7 +95,10 @@ class Placement:
             return None
         except TransportError as e:  # no answer in time: gone after BID_MISSES in a row
             log.info("no bid from %s: %s", node, e)
-            if not self.cut_off():
+            # Bids asked side by side (PLACING) that time out together are one silence, not
+            # several in a row: one stall of this process's loop must not drop a node
+            if not self.cut_off() and asked >= self._missed_at.get(node, -math.inf):
+                self._missed_at[node] = time.monotonic()
                 self._missed[node] += 1
                 if self._missed[node] >= p.BID_MISSES:
                     self._live.discard(node)

@@ -64,6 +64,7 @@ class Requester(Placement):
         self.nodes: dict[str, NodeInfo] = {}
         self._live: set[str] = set()  # ids of the nodes not dropped: the others are gone (protocol.py)
         self._missed: Counter[str] = Counter()  # node id -> bids in a row it left unanswered
+        self._missed_at: dict[str, float] = {}  # node id -> when its last counted miss was seen
         self._in_flight: dict[str, float] = {}  # node id -> cpu this requester has placed there
         self._failures: dict[str, int] = {}  # node id -> attempts that failed there
         self._waiting: dict[str, tuple[asyncio.Future, list[float]]] = {}  # attempt id -> (result, [lease end])
@@ -209,6 +210,7 @@ class Requester(Placement):
         self.nodes[info.id] = info
         self._live.add(info.id)
         self._missed.pop(info.id, None)
+        self._missed_at.pop(info.id, None)
         self._node_seen.set()
 
     @p.handles("progress")

@@ -1,7 +1,7 @@
 """Nodes announce news, never only that they are still there (network/protocol.py): an idle
 network is silent, so no listener hears more as the network grows; a requester drops a node
-whose bids go unanswered and finds it again by asking every node; a node whose connection
-came back announces itself."""
+whose bids go unanswered (bids that time out together counting once) and finds it again by
+asking every node; a node whose connection came back announces itself."""
 
 import asyncio
 import time
@@ -108,6 +108,50 @@ def test_a_node_whose_bids_go_unanswered_is_dropped_and_found_again_by_asking(tm
     assert transport.discovers == 2  # so it asked every node again, and the node answered
     assert result.state == "completed", result.error
     assert result.node == stack.nodes[0].id
+
+
+class StalledBids(SignedTransport):
+    """A requester's transport whose first `stalled` bid requests, asked side by side, all go
+    unanswered together: as when the requester's own loop stalls past BID_TIMEOUT."""
+
+    def __init__(self, *args, stalled: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.stalled, self.missed, self.discovers = stalled, 0, 0
+        self._all_asked = asyncio.Event()
+
+    async def request(self, subject, envelope, timeout):
+        if envelope.kind == "bid_request" and self.missed < self.stalled:
+            self.missed += 1
+            if self.missed == self.stalled:
+                self._all_asked.set()
+            await asyncio.wait_for(self._all_asked.wait(), 5)
+            raise RequestTimeout(f"no reply on {subject} within {timeout:g}s")
+        return await super().request(subject, envelope, timeout)
+
+    async def publish(self, subject, envelope):
+        self.discovers += subject == p.DISCOVER
+        return await super().publish(subject, envelope)
+
+
+def test_bids_that_time_out_together_count_as_one_miss(tmp_path):
+    """Four placements side by side, their bids to the one node all unanswered at once: the
+    node is not dropped (BID_MISSES is 2), and every shard runs there without asking again."""
+    assert p.BID_MISSES == 2 and p.REDISCOVER_SECONDS >= 5  # else the shards would find it again
+    url = f"memory://stalled-{uuid.uuid4().hex[:8]}"
+    with Devstack(url, nodes=1, root=tmp_path / "nodes") as stack:
+        async def run():
+            transport = StalledBids(MemoryTransport(url), Identity.generate(), stalled=4)
+            requester = Requester(transport, ContentStore(tmp_path / "store"))
+            await requester.start(expect_nodes=1)
+            results = await asyncio.gather(*(requester.run(_request(tmp_path, i)) for i in range(4)))
+            await requester.stop()
+            return transport, results
+
+        transport, results = stack.call(run())
+    assert transport.missed == 4
+    assert [r.state for r in results] == ["completed"] * 4, [r.error for r in results]
+    assert {r.node for r in results} == {stack.nodes[0].id}
+    assert transport.discovers == 1  # its first: the node was never dropped
 
 
 def test_a_node_back_from_an_outage_announces_itself(tmp_path, quick_checks):
