@@ -6,9 +6,10 @@ For N trivial shards (local executor, `true`), four ways of doing the same work:
            the same flow again with the garbage collector's thresholds that bflow sets while a
            job runs (flow/collector.py), so that what that setting is worth shows apart
 - async:   a plain Prefect flow mapping an async task that runs `true` in a worker thread, all
-           its task runs on one event loop in one thread (Prefect's async task engine), as
-           bflow's task runner runs them (flow/task_runner.py): what the gap owes to that engine
-           beside the sync one, and what bflow's own work per shard is
+           its task runs on one event loop in one thread sharing one API client (Prefect's
+           async task engine), as bflow's task runner runs them (flow/task_runner.py): what
+           the gap owes to that engine beside the sync one, and what bflow's own work per
+           shard is
 - bflow:   a pipeline of N datums (batch_size 1) through run_pipeline on the embedded network
 The Prefect server is warmed up first so no one pays its start, and each run waits for the
 server to digest the previous run's events. Prints ratios; the Prefect server's CPU time
@@ -68,23 +69,46 @@ def plain_flow(n: int) -> int:
 
 
 class OneLoopTaskRunner(TaskRunner):
-    """Every task run on one event loop in a thread of its own, as bflow's runner has them, with
-    none of bflow's work: Prefect's async task engine alone."""
+    """Every task run on one event loop in a thread of its own, sharing one API client, as
+    bflow's runner has them (flow/task_runner.py), with none of bflow's work: Prefect's async
+    task engine alone. Without the shared client the engine builds one per task run."""
 
     def duplicate(self) -> "OneLoopTaskRunner":
         return type(self)()
 
     def __enter__(self) -> "OneLoopTaskRunner":
+        from prefect.context import AsyncClientContext
+
         super().__enter__()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
+        self._client_ctx, self._loop_ctx = AsyncClientContext(), contextvars.copy_context()
+        self._on_loop(self._client_ctx.__aenter__())
         return self
 
     def __exit__(self, *exc) -> None:
+        self._on_loop(self._client_ctx.__aexit__(None, None, None))
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         super().__exit__(*exc)
+
+    def _on_loop(self, coro):
+        """Run `coro` on the loop, always in the same context (the client's context variable is
+        set in one task and reset in another), and wait for it."""
+        done: concurrent.futures.Future = concurrent.futures.Future()
+
+        def finished(task: asyncio.Task) -> None:
+            if task.exception() is not None:
+                done.set_exception(task.exception())
+            else:
+                done.set_result(None)
+
+        def start() -> None:
+            self._loop.create_task(coro, context=self._loop_ctx).add_done_callback(finished)
+
+        self._loop.call_soon_threadsafe(start)
+        return done.result()
 
     def submit(self, task, parameters, wait_for=None, dependencies=None):
         from prefect._internal.uuid7 import uuid7
@@ -103,7 +127,9 @@ class OneLoopTaskRunner(TaskRunner):
         def start() -> None:
             self._loop.create_task(coro).add_done_callback(finished)
 
-        self._loop.call_soon_threadsafe(start, context=contextvars.copy_context())
+        context = contextvars.copy_context()
+        context.run(type(self._client_ctx).__var__.set, self._client_ctx)
+        self._loop.call_soon_threadsafe(start, context=context)
         return PrefectConcurrentFuture(task_run_id=task_run_id, wrapped_future=outcome)
 
 
@@ -184,7 +210,7 @@ def main(sizes: list[int], rounds: int) -> None:
     bflow(2, root)
     print("prefect: the plain flow; prefect+gc: the same with the collector's thresholds bflow sets "
           "while a job runs (flow/collector.py); async: the same work on Prefect's async task engine, "
-          "one event loop, as bflow's runner")
+          "one event loop and one API client, as bflow's runner")
     ratios = "".join(f" {'bflow/' + name:>17}" for name in BASELINES)
     print(f"{'shards':>7} {'round':>6} {'raw s':>7} {'prefect s':>10} {'prefect+gc s':>13} {'async s':>8} "
           f"{'bflow s':>8} {'bflow ms/shard':>15}{ratios} {'bflow/raw':>10}")
