@@ -6,9 +6,9 @@ Prefect records states, retries and timeouts as usual. The shard task's body onl
 awaits `dispatch(...)`, which sends a JSON `ShardRequest` through the Requester to a
 node; no code and no pickles cross the transport. One event loop for all task runs
 keeps a thousand in-flight shards cheap (no thread per shard); they are started a few per
-turn of the loop (flow/staggered.py), so that it keeps answering messages. The same loop runs the job's
-Cancel watcher (`watch`, flow/cancel_watch.py) with the task runs' shared Prefect client, and
-sends the shard tasks' log records in batches with that client (flow/shard_logs.py).
+turn of the loop (flow/staggered.py), so that it keeps answering messages. The same loop runs
+the job's Cancel watcher (`watch`, flow/cancel_watch.py) with the task runs' shared Prefect
+client, and sends the shard tasks' log records in batches with that client (flow/shard_logs.py).
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ is silent and no listener hears more as the network grows. A requester knows a n
 announcement or its answer to a discover until a bid finds nobody serving the node's subject,
 or BID_MISSES bids in a row go unanswered (bids asked side by side that time out together
 count as one): then it is gone until it announces again. A requester whose own connection
-came back, or that finds no node left for a shard among those it dropped, asks again (a discover, at most every REDISCOVER_SECONDS).
+came back, or that finds no node left for a shard among those it dropped, asks again (a
+discover, at most every REDISCOVER_SECONDS).
 Discovery: a requester (or `bflow nodes`) publishes a discover naming a subject of its own
 (`reply`) and a `spread`; each node answers there, at a random moment within the spread, so
 that ten thousand answers arrive as a stream at the asker alone, not as a burst at everyone.
