@@ -12,6 +12,7 @@ Creating an artifact never fails a job: an API error is logged on the flow run a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -105,10 +106,10 @@ async def publish_artifacts(job: JobRecord, content: ContentStore, client, flow_
                        description=f"Job {job.id} ({job.pipeline}): {job.state}",
                        data=summary_markdown(job, gateway)),
     ]
-    try:
-        for artifact in artifacts:
-            await client.create_artifact(artifact=artifact)
-    except Exception as e:  # noqa: BLE001 - an artifact is a view; the job's record is in the job store
+    # both at once: the server is still digesting the job's events when it ends
+    outcomes = await asyncio.gather(*(client.create_artifact(artifact=a) for a in artifacts), return_exceptions=True)
+    failed = [e for e in outcomes if isinstance(e, Exception)]
+    if failed:  # an artifact is a view; the job's record is in the job store
         from prefect import get_run_logger
 
-        get_run_logger().warning("bflow could not create the artifacts of job %s: %s", job.id, e)
+        get_run_logger().warning("bflow could not create the artifacts of job %s: %s", job.id, failed[0])

@@ -29,7 +29,7 @@ from .shard_logs import CURRENT_SHARD_LOGS, ShardLogs
 from .staggered import StaggeredStarts
 
 CURRENT_REQUESTER: contextvars.ContextVar[Requester] = contextvars.ContextVar("bflow_requester")
-LOGS_TIMEOUT = 5.0  # seconds a closing runner waits for its last shard log records to be sent
+LOGS_TIMEOUT = 5.0  # seconds a closing runner waits for its batches of shard log records in flight
 
 
 class NetworkTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
