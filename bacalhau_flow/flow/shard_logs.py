@@ -100,9 +100,7 @@ class ShardLogs:
         from prefect.logging.handlers import emit_api_log
 
         self._closed = True
-        self._cancel_timer()
-        batch, self._batch, self._size = self._batch, [], 0
-        for entry in batch:
+        for entry in self._take():
             emit_api_log(entry)
         if self._sending:
             await asyncio.wait(set(self._sending), timeout=timeout)
@@ -137,14 +135,16 @@ class ShardLogs:
         elif self._timer is None:
             self._timer = self._loop.call_later(self._interval, self._send)
 
-    def _cancel_timer(self) -> None:
+    def _take(self) -> list[dict]:
+        """The queued records, leaving the queue empty and no send due."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        batch, self._batch, self._size = self._batch, [], 0
+        return batch
 
     def _send(self) -> None:
-        self._cancel_timer()
-        batch, self._batch, self._size = self._batch, [], 0
+        batch = self._take()
         if batch:
             task = self._loop.create_task(self._post(batch))
             self._sending.add(task)

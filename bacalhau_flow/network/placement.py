@@ -77,6 +77,11 @@ class Placement:
                                      and all(n.labels.get(k) == v for k, v in selector.items())]
         return self._able_cache[key]
 
+    def _heard_from(self, node: str) -> None:
+        """`node` answered or announced itself: its unanswered bids start again from none."""
+        self._missed.pop(node, None)
+        self._missed_at.pop(node, None)
+
     async def _bid(self, node: str, body: dict) -> p.Bid | None:
         asked = time.monotonic()
         try:
@@ -85,8 +90,7 @@ class Placement:
             if reply.sender != node:  # someone else answering on the node's subject
                 self._drop(None, f"a bid for node {node} from {reply.sender}")
                 return None
-            self._missed.pop(node, None)
-            self._missed_at.pop(node, None)
+            self._heard_from(node)
             return p.Bid.model_validate(reply.body).model_copy(update={"node": node})
         except NoResponders as e:  # nobody serves its subject: gone until it announces again
             log.info("no bid from %s: %s", node, e)

@@ -209,8 +209,7 @@ class Requester(Placement):
             self._roster += 1  # what could run where has changed
         self.nodes[info.id] = info
         self._live.add(info.id)
-        self._missed.pop(info.id, None)
-        self._missed_at.pop(info.id, None)
+        self._heard_from(info.id)
         self._node_seen.set()
 
     @p.handles("progress")
