@@ -14,8 +14,9 @@ For N trivial shards (local executor, `true`), four ways of doing the same work:
 The Prefect server is warmed up first so no one pays its start, and each run waits for the
 server to digest the previous run's events. Prints ratios; the Prefect server's CPU time
 is part of every Prefect-based figure. Then the CPU seconds of each Prefect-based run: this
-process (its commands included) and the server during the run, since on a small machine the
-two compete for the cores.
+process (its commands included), and the server's during the run (on a small machine the two
+compete for the cores) and in all (until it has digested the run's events: for the plain flow
+most of that comes after its run has ended).
 
     python bench/overhead_bench.py [--rounds K] [N ...]     (default: 3 rounds of 1 100 1000)
 
@@ -83,8 +84,16 @@ class OneLoopTaskRunner(TaskRunner):
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
-        self._client_ctx, self._loop_ctx = AsyncClientContext(), contextvars.copy_context()
-        self._on_loop(self._client_ctx.__aenter__())
+        self._loop_ctx = contextvars.copy_context()
+
+        async def shared_client() -> AsyncClientContext:
+            # made on the runner's loop: made in the flow's thread, it would take the flow
+            # engine's client, bound to that thread's loop, and every task run would build a
+            # client of its own (prefect.context.AsyncClientContext.get_or_create)
+            context = AsyncClientContext()
+            return await context.__aenter__()
+
+        self._client_ctx = self._on_loop(shared_client())
         return self
 
     def __exit__(self, *exc) -> None:
@@ -95,14 +104,14 @@ class OneLoopTaskRunner(TaskRunner):
 
     def _on_loop(self, coro):
         """Run `coro` on the loop, always in the same context (the client's context variable is
-        set in one task and reset in another), and wait for it."""
+        set in one task and reset in another), and return its result."""
         done: concurrent.futures.Future = concurrent.futures.Future()
 
         def finished(task: asyncio.Task) -> None:
             if task.exception() is not None:
                 done.set_exception(task.exception())
             else:
-                done.set_result(None)
+                done.set_result(task.result())
 
         def start() -> None:
             self._loop.create_task(coro, context=self._loop_ctx).add_done_callback(finished)
@@ -192,12 +201,16 @@ def process_cpu() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
-def with_cpu(run) -> tuple[float, float, float]:
-    """(seconds, this process's CPU seconds, the server's CPU seconds) of `run()`."""
+def with_cpu(run) -> tuple[float, float, float, float]:
+    """(seconds, this process's CPU seconds, the server's CPU seconds during the run, and the
+    server's in all: until it has digested the run's events, which for the plain flow is
+    mostly after the run has ended) of `run()`; returns once the server has settled."""
     pid = server_pid()
     mine, server = process_cpu(), cpu_seconds(pid)
     elapsed = run()
-    return elapsed, process_cpu() - mine, cpu_seconds(pid) - server
+    used, during = process_cpu() - mine, cpu_seconds(pid) - server
+    settle()
+    return elapsed, used, during, cpu_seconds(pid) - server
 
 
 BASELINES = ("prefect", "prefect+gc", "async")  # each beside bflow, as bflow/<name>
@@ -227,21 +240,21 @@ def main(sizes: list[int], rounds: int) -> None:
             measured = {}
             for name, call in order if k % 2 else order[::-1]:
                 measured[name] = with_cpu(call)
-                settle()
             p, g, a, b = (measured[name][0] for name in ("prefect", "prefect+gc", "async", "bflow"))
             ratios = "".join(f" {b / measured[name][0]:>17.2f}" for name in BASELINES)
             print(f"{n:>7} {k:>6} {r:>7.2f} {p:>10.2f} {g:>13.2f} {a:>8.2f} {b:>8.2f} {1000 * b / n:>15.2f}"
                   f"{ratios} {b / r:>10.2f}", flush=True)
             runs[n].append(measured)
     print(f"\nCPU seconds used during each run (this machine has {os.cpu_count()} cores):")
-    print(f"{'shards':>7} {'round':>6} {'prefect proc':>13} {'its server':>11} {'async proc':>11} "
-          f"{'bflow proc':>11} {'its server':>11} {'proc ratio':>11}")
+    print("(its server: the server's CPU during the run / in all, the digesting of the run's events after it included)")
+    print(f"{'shards':>7} {'round':>6} {'prefect proc':>13} {'its server':>12} {'async proc':>11} "
+          f"{'bflow proc':>11} {'its server':>12} {'proc ratio':>11} {'server ratio':>13}")
     for n in sizes:
         for k, measured in enumerate(runs[n], 1):
-            (_p, p_cpu, p_server), (_a, a_cpu, _s), (_b, b_cpu, b_server) = (
+            (_p, p_cpu, p_during, p_all), (_a, a_cpu, _d, _s), (_b, b_cpu, b_during, b_all) = (
                 measured["prefect"], measured["async"], measured["bflow"])
-            print(f"{n:>7} {k:>6} {p_cpu:>13.2f} {p_server:>11.2f} {a_cpu:>11.2f} {b_cpu:>11.2f} "
-                  f"{b_server:>11.2f} {b_cpu / max(p_cpu, 1e-9):>11.2f}")
+            print(f"{n:>7} {k:>6} {p_cpu:>13.2f} {f'{p_during:.2f}/{p_all:.2f}':>12} {a_cpu:>11.2f} {b_cpu:>11.2f} "
+                  f"{f'{b_during:.2f}/{b_all:.2f}':>12} {b_cpu / max(p_cpu, 1e-9):>11.2f} {b_all / max(p_all, 1e-9):>13.2f}")
     if rounds > 1:
         print(f"\nMedian of {rounds} rounds (the machine's speed varies between runs; a range is the rounds' ratios):")
         columns = "".join(f" {'bflow/' + name:>17} {'range':>11}" for name in BASELINES)
