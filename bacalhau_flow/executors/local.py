@@ -56,8 +56,11 @@ def shard_environment(execution: Execution) -> dict[str, str]:
     """The command's whole environment (see the module docstring); creates $HOME and $TMPDIR."""
     work = execution.outputs_dir.parent
     home, tmp = (work / name for name in SCRATCH_DIRS)
-    home.mkdir(exist_ok=True)
-    tmp.mkdir(exist_ok=True)
+    for folder in (home, tmp):  # a node's work folder has them already (network/work_folders.py)
+        try:
+            os.mkdir(folder)
+        except FileExistsError:
+            pass
     env = {"PATH": os.environ.get("PATH") or SAFE_PATH, "HOME": str(home), "TMPDIR": str(tmp),
            "LANG": os.environ.get("LANG") or DEFAULT_LANG}
     if os.environ.get("LC_ALL"):
@@ -193,7 +196,8 @@ class _Run:
             self._kill_supervisor()
             self.proc.wait()
         if self.group is not None:
-            self.group.kill()
+            if not self.group.killed:  # once killed, nothing in it runs on (cgroup.kill)
+                self.group.kill()
             self.group.close()
 
 
@@ -211,7 +215,9 @@ def _supervise(run: _Run, streams: dict[int, _Stream], execution: Execution) -> 
     timed_out = False
     cut: tuple[str, int] | None = None
     total = 0
-    sel = selectors.DefaultSelector()
+    # poll(2), not epoll: for three descriptors epoll's own descriptor and a system call per
+    # (un)register cost more than the one poll a wait (each system call hands the GIL over)
+    sel = selectors.PollSelector()
     for fd in streams:
         os.set_blocking(fd, False)
         sel.register(fd, selectors.EVENT_READ)
@@ -325,8 +331,18 @@ def _spawn(execution: Execution, env: dict[str, str], cwd: Path, out_w: int, err
     return subprocess.Popen(["/bin/sh", "-c", script, str(group.path / "cgroup.procs"), *execution.cmd], **popen)
 
 
+_FOUND: dict[tuple[str, str], str] = {}  # (bare program name, PATH) -> the file it was last found as
+
+
 def _unrunnable(program: str, path: str, cwd: Path) -> tuple[str, int] | None:
-    """Why `program` could not be executed (message, exit code), as Popen would find it."""
+    """Why `program` could not be executed (message, exit code), as Popen would find it.
+
+    A bare name found once is looked at again where it was found (two system calls), not
+    searched along the whole PATH (one a PATH entry) on every shard; when it is not there
+    any more, the search is made again."""
+    found = _FOUND.get((program, path))
+    if found is not None and os.path.isfile(found) and os.access(found, os.X_OK):
+        return None
     if "/" in program:
         candidates = [program if os.path.isabs(program) else os.path.join(cwd, program)]
     else:
@@ -335,6 +351,10 @@ def _unrunnable(program: str, path: str, cwd: Path) -> tuple[str, int] | None:
     for c in candidates:
         if os.path.isfile(c):
             if os.access(c, os.X_OK):
+                if "/" not in program and os.path.isabs(c):
+                    if len(_FOUND) >= 256:
+                        _FOUND.clear()
+                    _FOUND[(program, path)] = c
                 return None
             denied = True
         elif "/" in program and os.path.isdir(c):  # a bare name: one stat a PATH entry, not two

@@ -29,16 +29,22 @@ RAISE_HINT = "raise resources.disk in the spec, or give each shard less data (a 
 
 
 def tree_bytes(path: Path) -> int:
-    """Bytes of the regular files under `path` (symlinks are neither followed nor counted)."""
-    total = 0
-    for dirpath, _, names in os.walk(path):
-        for name in names:
-            try:
-                st = os.lstat(os.path.join(dirpath, name))
-            except FileNotFoundError:
-                continue  # removed while we counted
-            if not os.path.islink(os.path.join(dirpath, name)):
-                total += st.st_size
+    """Bytes of the regular files under `path` (symlinks are neither followed nor counted).
+    Iterative: a command may leave a tree deeper than Python's recursion limit (os.walk's)."""
+    total, pending = 0, [os.fspath(path)]
+    while pending:
+        try:
+            with os.scandir(pending.pop()) as entries:
+                for entry in entries:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            pending.append(entry.path)
+                        elif entry.is_file(follow_symlinks=False):
+                            total += entry.stat(follow_symlinks=False).st_size
+                    except FileNotFoundError:
+                        continue  # removed while we counted
+        except OSError:  # gone, or not readable: as os.walk, what cannot be listed is not counted
+            continue
     return total
 
 

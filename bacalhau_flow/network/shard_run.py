@@ -48,8 +48,8 @@ def run_shard_attempt(request: ShardRequest, executor: Executor, store: ContentS
             job_id=request.job_id, shard_index=request.shard_index, shard_id=request.shard_id,
             attempt=request.attempt, node=node_id, state=state, exit_code=exit_code, error=error,
             retryable=retryable, outputs_cid=outputs_cid,
-            stdout_cid=store.put_file(stdout) if stdout.exists() else store.put_bytes(b""),
-            stderr_cid=store.put_file(stderr) if stderr.exists() else store.put_bytes(f"bflow: {error}\n".encode()),
+            stdout_cid=_log_cid(store, stdout, b""),
+            stderr_cid=_log_cid(store, stderr, f"bflow: {error}\n".encode()),
             started=started, ended=time.time(),
         )
 
@@ -92,6 +92,20 @@ def run_shard_attempt(request: ShardRequest, executor: Executor, store: ContentS
         return result("failed", error=f"node {node_id} failed: {e}", retryable=True)
     finally:
         folders.give_back(work)
+
+
+def _log_cid(store: ContentStore, path: Path, missing: bytes) -> str:
+    """The CID of the log file at `path` as stored; of `missing` when there is none, or when
+    the command put something else than a regular file in its place (a link is not followed,
+    a fifo not opened: that read would wait forever). An empty log (most of them) is not
+    opened and read: one system call, not six."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return store.put_bytes(missing)
+    if not stat.S_ISREG(info.st_mode):
+        return store.put_bytes(missing)
+    return store.put_file(path) if info.st_size else store.put_bytes(b"")
 
 
 def _note(stderr: Path, message: str) -> None:

@@ -97,13 +97,14 @@ def stage_inputs(request: ShardRequest, inputs_dir: Path, store: ContentStore | 
                  in_thread=local)
     files: dict[str, tuple[str, str]] = {}  # target -> (input name, path); once each
     base = os.fspath(inputs_dir)  # str paths: pathlib cost more than the copies of small files
+    folders = {base, *(f"{base}/{name}" for name in wanted)}  # every folder made under inputs_dir
     for (name, _), (dirs, paths) in zip(datums, trees):
         for d in dirs:
-            os.makedirs(_target_str(base, name, d), exist_ok=True)
+            folders.add(_made(_target_str(base, name, d), base))
         for p in paths:
             files.setdefault(_target_str(base, name, p), (name, p))
-    for parent in {os.path.dirname(target) for target in files}:
-        os.makedirs(parent, exist_ok=True)
+    for parent in {os.path.dirname(target) for target in files} - folders:
+        folders.add(_made(parent, base))
     if allow_paths is not None:  # a file symlink under an allowed folder must not lead out of them
         for name, path in files.values():
             if roots[name].is_local:
@@ -111,8 +112,30 @@ def stage_inputs(request: ShardRequest, inputs_dir: Path, store: ContentStore | 
     sizes = _all([(refs[name], path, lambda t=target, n=name, p=path: roots[n].fetch(p, t, read_only=True))
                   for target, (name, path) in files.items()], in_thread=local)
     # fetched files are read-only already; pulled ones (exported from the store) are not
-    _make_read_only(inputs_dir, files=bool(store is not None and request.providers))
+    if store is not None and request.providers:
+        _make_read_only(inputs_dir)
+    else:  # the folders made here, deepest first: no walk of what was just made
+        for folder in sorted(_with_parents(folders, base), key=len, reverse=True):
+            os.chmod(folder, 0o555)
     return staged + sum(sizes)
+
+
+def _made(folder: str, base: str) -> str:
+    """Make `folder` (and its parents) under `base`; return it."""
+    os.makedirs(folder, exist_ok=True)
+    return folder
+
+
+def _with_parents(folders: set[str], base: str) -> set[str]:
+    """`folders` and every folder between each of them and `base` (the parents makedirs made)."""
+    every = set(folders)
+    for folder in folders:
+        while folder != base and folder.startswith(base + "/"):
+            folder = os.path.dirname(folder)
+            if folder in every:
+                break
+            every.add(folder)
+    return every
 
 
 def _check_allowed(ref: InputRef, allow_paths: list[Path]) -> None:
@@ -228,9 +251,9 @@ def _guarded(ref: InputRef, path: str, step: Callable[[], T]) -> T:
         raise StagingError(f"cannot stage input {ref.name!r} path {path} from {ref.url}: {e}") from e
 
 
-def _make_read_only(root: Path, files: bool = True) -> None:
-    """Folders (and, with `files`, files) under `root` read-only; symlinks are left alone."""
-    for dirpath, dirs, names in os.walk(root) if files else ():
+def _make_read_only(root: Path) -> None:
+    """Files and folders under `root` read-only; symlinks are left alone."""
+    for dirpath, dirs, names in os.walk(root):
         for n in names:
             p = os.path.join(dirpath, n)
             if not os.path.islink(p):

@@ -44,6 +44,24 @@ def test_command_not_found_is_a_failed_result_with_a_clear_stderr(tmp_path):
     assert "command not found: no-such-command-bflow" in (tmp_path / "stderr").read_text()
 
 
+def test_a_command_found_once_is_looked_for_again_when_it_is_gone_or_not_runnable(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    tool = bin_dir / "bflow-test-tool"
+    tool.write_text("#!/bin/sh\necho tool\n")
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    work = tmp_path / "w"
+    work.mkdir()
+    assert LocalExecutor().run(make(work, ["bflow-test-tool"])).exit_code == 0  # found, and remembered
+    tool.chmod(0o644)
+    assert LocalExecutor().run(make(work, ["bflow-test-tool"])).exit_code == 126
+    assert "permission denied: bflow-test-tool" in (work / "stderr").read_text()
+    tool.unlink()
+    assert LocalExecutor().run(make(work, ["bflow-test-tool"])).exit_code == 127
+    assert "command not found: bflow-test-tool" in (work / "stderr").read_text()
+
+
 def test_timeout_kills_the_whole_process_group(tmp_path):
     marker = tmp_path / "child-survived"
     # The shell starts a background child that would write the marker after 3 s.

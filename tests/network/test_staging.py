@@ -61,6 +61,14 @@ def test_local_datums_are_copied_under_the_input_name_read_only(tmp_path, inputs
     assert (inputs_dir / "in" / "sub").stat().st_mode & 0o222 == 0
 
 
+def test_every_folder_made_for_a_deep_file_datum_is_read_only(tmp_path, inputs_dir):
+    src = make_tree(tmp_path / "src")
+    stage_inputs(request(str(src), ["/sub/deep/d.txt"], ["/a.txt"]), inputs_dir)
+    assert staged(inputs_dir) == {"in/a.txt": "aa", "in/sub/deep/d.txt": "dddd"}
+    for folder in (inputs_dir, inputs_dir / "in", inputs_dir / "in" / "sub", inputs_dir / "in" / "sub" / "deep"):
+        assert folder.stat().st_mode & 0o222 == 0, f"{folder} is writable"
+
+
 def test_root_datum_stages_the_whole_input(tmp_path, inputs_dir):
     src = make_tree(tmp_path / "src")
     stage_inputs(request(str(src), ["/"]), inputs_dir)

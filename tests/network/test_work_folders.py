@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 from pathlib import Path
 
 from bacalhau_flow.executors.local import LocalExecutor
@@ -101,6 +102,36 @@ def test_a_folder_missing_a_part_is_removed_and_the_next_one_made_anew(tmp_path)
     after, seen_after = attempt(tmp_path, LOOK, 2)
     assert after.state == "completed", after.error
     assert seen_after == seen
+
+
+def test_a_tree_deeper_than_pythons_recursion_limit_is_emptied_and_the_folder_kept(tmp_path):
+    _, seen = attempt(tmp_path, LOOK, 0)
+    deep = "/".join(["d"] * 1200)  # 2,400 characters: a path the kernel allows
+    try:
+        result, _ = attempt(tmp_path, f'mkdir -p "$TMPDIR/{deep}" && echo x > "$TMPDIR/{deep}/f" && chmod -R 555 "$TMPDIR/d"', 1)
+        assert result.state == "completed", result.error
+        assert len(spares(tmp_path)) == 1
+        after, seen_after = attempt(tmp_path, LOOK, 2)
+        assert seen_after == seen
+    finally:  # what a failure left: pytest's own clean-up of old temporary folders recurses too
+        subprocess.run(["rm", "-rf", str(tmp_path / "work")], check=False)
+
+
+def test_logs_the_command_replaced_by_a_fifo_or_a_link_are_not_read(tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the requester\n")
+    outcome = {}
+    hostile = threading.Thread(target=lambda: outcome.update(fifo=attempt(
+        tmp_path, 'rm -f stdout && mkfifo stdout', 0)), daemon=True)
+    hostile.start()
+    hostile.join(20)
+    assert not hostile.is_alive(), "the node waited on a fifo the command left as its stdout"
+    result, shown = outcome["fifo"]
+    assert result.state == "completed", result.error
+    assert shown == ""
+    result, shown = attempt(tmp_path, 'rm -f stdout && ln -s "$SECRET" stdout', 1, env={"SECRET": str(secret)})
+    assert result.state == "completed", result.error
+    assert shown == ""  # the link is not followed
 
 
 def test_a_link_left_where_an_attempt_will_work_is_not_followed(tmp_path):
