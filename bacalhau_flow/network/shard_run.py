@@ -21,6 +21,7 @@ from pathlib import Path
 from ..errors import BflowError
 from ..executors import Execution, Executor
 from ..storage import ContentStore
+from ..storage.unixfs import MAX_DEPTH, TooDeep
 from .messages import ShardRequest, ShardResult
 from .disk import OutputWatch, check_inputs, cut_streams, outputs_error, stream_cut_error
 from .staging import stage_inputs
@@ -79,7 +80,13 @@ def run_shard_attempt(request: ShardRequest, executor: Executor, store: ContentS
             error = outputs_error(request.shard_index, watch.written, allowed, limit, watch.parts)
             _note(stderr, error)
             return result("failed", outcome.exit_code, error)
-        outputs_cid, skipped = store.put_tree_report(outputs)
+        try:
+            outputs_cid, skipped = store.put_tree_report(outputs)
+        except TooDeep as e:  # would fail the same on any node
+            error = (f"the outputs of shard {request.shard_index} hold folders nested more than {MAX_DEPTH} deep: "
+                     f"not stored ({e.hint})")
+            _note(stderr, error)
+            return result("failed", outcome.exit_code, error)
         if skipped:
             _note(stderr, "not kept (symlinks and special files are never followed or published): "
                   + ", ".join("/outputs/" + p for p in skipped[:20]) + (" ..." if len(skipped) > 20 else ""))

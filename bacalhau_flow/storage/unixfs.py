@@ -498,10 +498,18 @@ def import_tree(path: str | os.PathLike, sink: Sink | None = None, **options) ->
         raise ContentError(f"{walk.top} is a symlink; symlinks are not followed or stored")
     if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
         raise ContentError(f"{walk.top} is neither a regular file nor a directory")
-    root = walk.entry(None, str(walk.top), "")
+    root = walk.entry(None, str(walk.top), "", 0)
     if root is None:  # swapped for a symlink since the lstat
         raise ContentError(f"{walk.top} is a symlink; symlinks are not followed or stored")
     return TreeImport(root, walk.skipped)
+
+
+MAX_DEPTH = 400  # folders inside each other a tree may have: each holds a descriptor and two frames of
+# the walk, which stays under Python's recursion limit (1000; deeper trees failed with a RecursionError)
+
+
+class TooDeep(ContentError):
+    """A tree to import has folders nested past MAX_DEPTH."""
 
 
 class _TreeWalk:
@@ -511,14 +519,18 @@ class _TreeWalk:
         self.top, self.sink, self.options = top, sink, options
         self.skipped: list[str] = []
 
-    def entry(self, dir_fd: int | None, name: str, rel: str) -> DagRef | None:
-        """Import `name` (relative to `dir_fd`); None if it is skipped."""
+    def entry(self, dir_fd: int | None, name: str, rel: str, depth: int) -> DagRef | None:
+        """Import `name` (relative to `dir_fd`, `depth` folders below the top); None if it is
+        skipped. Raises ContentError (not retryable) for folders nested past MAX_DEPTH."""
         try:
             mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
             if stat.S_ISDIR(mode):
+                if depth > MAX_DEPTH:
+                    raise TooDeep(f"{self.top} holds folders nested more than {MAX_DEPTH} deep; such a "
+                                  f"tree is not stored", hint="flatten it, or store it as one archive file")
                 fd = os.open(name, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW, dir_fd=dir_fd)
                 try:
-                    return self.directory(fd, rel)
+                    return self.directory(fd, rel, depth)
                 finally:
                     os.close(fd)
             if stat.S_ISREG(mode):
@@ -532,12 +544,12 @@ class _TreeWalk:
         self.skipped.append(rel)  # symlink, fifo, socket, device
         return None
 
-    def directory(self, fd: int, rel: str) -> DagRef:
+    def directory(self, fd: int, rel: str, depth: int) -> DagRef:
         with os.scandir(fd) as it:
             names = [entry.name for entry in it]
         entries = []
         for name in names:
-            ref = self.entry(fd, name, f"{rel}/{name}" if rel else name)
+            ref = self.entry(fd, name, f"{rel}/{name}" if rel else name, depth + 1)
             if ref is not None:
                 entries.append((os.fsencode(name), ref))
         return build_directory(entries, self.sink)

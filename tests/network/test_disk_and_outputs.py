@@ -57,3 +57,13 @@ def test_a_symlink_out_of_outputs_is_neither_followed_nor_published(tmp_path):
     assert "do not publish" not in "".join(p.read_text() for p in got.rglob("*") if p.is_file())
     stderr = (got / "shards" / "0" / "stderr").read_text()
     assert "/outputs/leak" in stderr and "/outputs/root" in stderr and "never followed" in stderr
+
+
+def test_outputs_nested_past_the_limit_fail_the_shard_clearly_and_are_not_retried(tmp_path):
+    deep = "/".join(["d"] * 600)  # deeper than a recursive walk could go: that failed the attempt on every node
+    r, job, got = run_job(tmp_path, f"mkdir -p $BFLOW_OUTPUTS/{deep}")
+    assert r.code == 1 and job["state"] == "failed"
+    shard = job["shards"][0]
+    assert "nested more than 400 deep" in shard["error"], shard["error"]
+    assert shard["attempts"] == 1, "outputs no node can store are not retried elsewhere"
+    assert "nested more than 400 deep" in (got / "shards" / "0" / "stderr").read_text()

@@ -306,6 +306,17 @@ def test_directory_links_are_sorted_bytewise_with_child_tsize(tmp_path):
     assert ref.tsize == len(blocks[ref.cid]) + sum(link.tsize for link in node.links)
 
 
+def test_a_tree_nested_past_max_depth_is_refused_clearly_and_one_at_it_is_stored(tmp_path):
+    at_limit = tmp_path / "ok"
+    (at_limit / "/".join(["d"] * unixfs.MAX_DEPTH)).mkdir(parents=True)
+    assert unixfs.import_tree(at_limit).root.cid_str
+    too_deep = tmp_path / "deep"
+    (too_deep / "/".join(["d"] * (unixfs.MAX_DEPTH + 1))).mkdir(parents=True)
+    with pytest.raises(unixfs.TooDeep, match=f"nested more than {unixfs.MAX_DEPTH} deep") as info:
+        unixfs.import_tree(too_deep)
+    assert not info.value.retryable
+
+
 def test_hidden_files_and_empty_directories_are_kept(tmp_path):
     with_hidden = tree_cid(write_tree(tmp_path / "a", {".env": "x", "keep": None}))
     assert with_hidden != tree_cid(write_tree(tmp_path / "b", {"keep": None}))
