@@ -73,7 +73,8 @@ def stage_inputs(request: ShardRequest, inputs_dir: Path, store: ContentStore | 
     for name in wanted:
         (inputs_dir / name).mkdir(parents=True, exist_ok=True)
     staged = 0
-    if store is not None and request.providers:
+    pulling = store is not None and bool(request.providers)
+    if pulling:
         pulled = [(name, path) for name, paths in wanted.items() for path in _outermost(paths)
                   if refs[name].url.startswith("ipfs://")]
         _all([(refs[name], path, lambda n=name, p=path: _pull(refs[n], p, store, request.providers,
@@ -100,11 +101,11 @@ def stage_inputs(request: ShardRequest, inputs_dir: Path, store: ContentStore | 
     folders = {base, *(f"{base}/{name}" for name in wanted)}  # every folder made under inputs_dir
     for (name, _), (dirs, paths) in zip(datums, trees):
         for d in dirs:
-            folders.add(_made(_target_str(base, name, d), base))
+            folders.add(_made(_target_str(base, name, d)))
         for p in paths:
             files.setdefault(_target_str(base, name, p), (name, p))
     for parent in {os.path.dirname(target) for target in files} - folders:
-        folders.add(_made(parent, base))
+        folders.add(_made(parent))
     if allow_paths is not None:  # a file symlink under an allowed folder must not lead out of them
         for name, path in files.values():
             if roots[name].is_local:
@@ -112,7 +113,7 @@ def stage_inputs(request: ShardRequest, inputs_dir: Path, store: ContentStore | 
     sizes = _all([(refs[name], path, lambda t=target, n=name, p=path: roots[n].fetch(p, t, read_only=True))
                   for target, (name, path) in files.items()], in_thread=local)
     # fetched files are read-only already; pulled ones (exported from the store) are not
-    if store is not None and request.providers:
+    if pulling:
         _make_read_only(inputs_dir)
     else:  # the folders made here, deepest first: no walk of what was just made
         for folder in sorted(_with_parents(folders, base), key=len, reverse=True):
@@ -120,8 +121,8 @@ def stage_inputs(request: ShardRequest, inputs_dir: Path, store: ContentStore | 
     return staged + sum(sizes)
 
 
-def _made(folder: str, base: str) -> str:
-    """Make `folder` (and its parents) under `base`; return it."""
+def _made(folder: str) -> str:
+    """Make `folder` (and its parents); return it."""
     os.makedirs(folder, exist_ok=True)
     return folder
 

@@ -79,7 +79,7 @@ class WorkFolders:
         if left is not None and stat.S_ISLNK(left.st_mode):  # never work through a link left in its place
             os.unlink(work)
         elif left is not None:
-            shutil.rmtree(work, ignore_errors=True)
+            _remove_folder(work)
         with self._lock:
             spare = self._spare.pop() if self._spare else None
         if spare is not None:
@@ -112,13 +112,7 @@ class WorkFolders:
                 return
             except OSError:
                 pass
-        try:
-            _remove(str(work), True)
-        except OSError:  # a path past the kernel's length limit: by descriptors
-            try:
-                shutil.rmtree(work, ignore_errors=True)
-            except RecursionError:
-                log.warning("work folder %s is too deep to remove; left in place", work)
+        _remove_folder(work)
 
     def clear(self) -> None:
         """Remove this process's spare folders (at its exit)."""
@@ -126,6 +120,17 @@ class WorkFolders:
             self._spare.clear()
             self._spares_made = False
         shutil.rmtree(self.spares, ignore_errors=True)
+
+
+def _remove_folder(work: Path) -> None:
+    """Remove a whole work folder, read-only parts and links in it included, as far as it can."""
+    try:
+        _remove(str(work), True)
+    except OSError:  # a path past the kernel's length limit, or not a folder: by descriptors
+        try:
+            shutil.rmtree(work, ignore_errors=True)
+        except RecursionError:
+            log.warning("work folder %s is too deep to remove; left in place", work)
 
 
 def _in_job_folder(work: Path, make) -> None:
