@@ -14,10 +14,11 @@ No process outlives its shard: when the command ends (exit, timeout, kill, a cut
 every process it started ends with it, also those that left its process group or session
 (`setsid`, a double fork). Two ways, the first that this machine allows:
 - **cgroup**: each run gets a cgroup v2 of its own, `bflow-<node pid>/run-<n>` under the
-  node's own cgroup; the command enters it before it starts (a `/bin/sh` joins it and execs
-  the command, JOIN_CGROUP), so all it forks is inside, and `cgroup.kill` ends everything in it
-  at once. Costs a shell start and the kernel's move into the cgroup, ~0.9 ms a shard (a bare
-  `true` 0.8 ms, through the shell 1.7 ms); the cgroup's mkdir and rmdir 0.02 ms
+  node's own cgroup; the command enters it before it starts, so all it forks is inside, and
+  `cgroup.kill` ends everything in it at once. The child of a vfork joins the cgroup and execs
+  the command (executors/spawn.py, a small C library that scripts/setup.sh builds); where it
+  is not built, a `/bin/sh` joins it and execs the command (JOIN_CGROUP), which costs a second
+  exec, ~0.6 ms a shard of `true`. The cgroup's mkdir and rmdir cost 0.02 ms
   (executors/cgroups.py).
 - **subreaper**: where no cgroup can be made (no cgroup v2, no `cgroup.kill`, a read-only
   /sys/fs/cgroup), a small per-run supervisor process (SUPERVISOR, `python -I -S`) makes itself
@@ -43,6 +44,7 @@ from pathlib import Path
 from ..errors import ExecutorError
 from .base import SCRATCH_DIRS, Execution, ExecutionResult, Executor
 from .cgroups import JOIN_CGROUP, Cgroup, CgroupRoot
+from . import spawn
 from .supervisor import SUPERVISOR
 
 KILL_GRACE_SECONDS = 2.0
@@ -89,17 +91,17 @@ class LocalExecutor(Executor):
         if group is None and self.containment == "cgroup":
             raise ExecutorError("cannot make a cgroup v2 for the command on this machine",
                                 hint="run the node as root on a machine with cgroup v2 (kernel 5.14 or later)")
-        # The command is exec'd by the shell that joins its cgroup, or by the supervisor: check
+        # The command is exec'd by the child that joins its cgroup, or by the supervisor: check
         # first that it can be, as Popen would
-        problem = _unrunnable(execution.cmd[0], env["PATH"], cwd)
-        if problem:
+        found = _locate(execution.cmd[0], env["PATH"], cwd)
+        if isinstance(found, tuple):
             if group is not None:
                 group.close()
-            return _not_started(execution, *problem)
+            return _not_started(execution, *found)
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         try:
-            proc = _spawn(execution, env, cwd, out_w, err_w, group)
+            proc = _spawn(execution, found, env, cwd, out_w, err_w, group)
         except BaseException as e:
             for fd in (out_r, err_r):
                 os.close(fd)
@@ -316,17 +318,20 @@ def _feed_stdin(proc: subprocess.Popen, text: str) -> None:
     threading.Thread(target=feed, daemon=True).start()
 
 
-def _spawn(execution: Execution, env: dict[str, str], cwd: Path, out_w: int, err_w: int,
-           group: "Cgroup | None") -> subprocess.Popen:
+def _spawn(execution: Execution, program: str, env: dict[str, str], cwd: Path, out_w: int, err_w: int,
+           group: "Cgroup | None") -> "subprocess.Popen | spawn.Spawned":
     stdin = subprocess.PIPE if execution.stdin is not None else subprocess.DEVNULL
     popen = dict(cwd=cwd, env=env, stdin=stdin, stdout=out_w, stderr=err_w, start_new_session=True)
     if group is None:
         cmd = [sys.executable, "-I", "-S", "-c", SUPERVISOR, str(KILL_GRACE_SECONDS), str(os.getpid()),
                *execution.cmd]
         return subprocess.Popen(cmd, **popen)
-    # The command enters its cgroup before it starts, so all it forks is inside: a shell joins it
-    # and execs the command. Not a preexec_fn: that makes Python fork() the whole node, 25-75 ms
-    # for a node of 400 MB, where this spawns by vfork.
+    # The command enters its cgroup before it starts, so all it forks is inside. Not a
+    # preexec_fn: that makes Python fork() the whole node, 25-75 ms for a node of 400 MB,
+    # where both of these spawn by vfork.
+    if spawn.available():
+        return spawn.spawn_into(group.path / "cgroup.procs", program, execution.cmd, env, cwd, out_w, err_w,
+                                stdin_pipe=execution.stdin is not None)
     script = JOIN_CGROUP if "PWD" in execution.env else JOIN_CGROUP.replace("exec", "unset PWD; exec", 1)
     return subprocess.Popen(["/bin/sh", "-c", script, str(group.path / "cgroup.procs"), *execution.cmd], **popen)
 
@@ -334,15 +339,16 @@ def _spawn(execution: Execution, env: dict[str, str], cwd: Path, out_w: int, err
 _FOUND: dict[tuple[str, str], str] = {}  # (bare program name, PATH) -> the file it was last found as
 
 
-def _unrunnable(program: str, path: str, cwd: Path) -> tuple[str, int] | None:
-    """Why `program` could not be executed (message, exit code), as Popen would find it.
+def _locate(program: str, path: str, cwd: Path) -> str | tuple[str, int]:
+    """The file `program` is executed as (a path; relative ones to `cwd`), found as Popen
+    would find it; or why it could not be executed (message, exit code).
 
     A bare name found once is looked at again where it was found (two system calls), not
     searched along the whole PATH (one a PATH entry) on every shard; when it is not there
     any more, the search is made again."""
     found = _FOUND.get((program, path))
     if found is not None and os.path.isfile(found) and os.access(found, os.X_OK):
-        return None
+        return found
     if "/" in program:
         candidates = [program if os.path.isabs(program) else os.path.join(cwd, program)]
     else:
@@ -355,7 +361,7 @@ def _unrunnable(program: str, path: str, cwd: Path) -> tuple[str, int] | None:
                     if len(_FOUND) >= 256:
                         _FOUND.clear()
                     _FOUND[(program, path)] = c
-                return None
+                return program if "/" in program else c
             denied = True
         elif "/" in program and os.path.isdir(c):  # a bare name: one stat a PATH entry, not two
             denied = True

@@ -1,7 +1,8 @@
 """Shard isolation in the local executor: the environment is the shard's own, no process it
 started outlives it, and its stdout and stderr stop at the disk limit. Each test runs with
-both ways of containing processes: a cgroup v2 per run (where this machine allows one) and
-the subreaper supervisor (everywhere)."""
+both ways of containing processes: a cgroup v2 per run (where this machine allows one), which
+the command joins by itself (executors/spawn.py) or, where that library is not built, through
+/bin/sh, and the subreaper supervisor (everywhere)."""
 
 from __future__ import annotations
 
@@ -15,24 +16,34 @@ from pathlib import Path
 
 import pytest
 
-from bacalhau_flow.executors import Execution
+from bacalhau_flow.executors import Execution, spawn
 from bacalhau_flow.executors.cgroups import CgroupRoot
 from bacalhau_flow.executors.local import SAFE_PATH, LocalExecutor
 from bacalhau_flow.testing.executor_contract import ExecutorContract
 
-MODES = ["cgroup", "subreaper"]
+MODES = ["cgroup", "cgroup-shell", "subreaper"]  # cgroup-shell: joined through /bin/sh (no spawn library)
 
 
 def executor_for(mode: str) -> LocalExecutor:
-    if mode == "cgroup" and not isinstance(CgroupRoot.get(), CgroupRoot):
+    """The executor for `mode`; for cgroup-shell, call `without_spawn_library` too."""
+    if mode.startswith("cgroup") and not isinstance(CgroupRoot.get(), CgroupRoot):
         pytest.skip("this machine lets this process make no cgroup v2 (not root, no cgroup.kill, read-only)")
+    if mode == "cgroup" and not spawn.available():
+        pytest.skip(f"{spawn.LIBRARY.name} is not built (scripts/setup.sh builds it)")
     executor = LocalExecutor()
-    executor.containment = mode
+    executor.containment = "subreaper" if mode == "subreaper" else "cgroup"
     return executor
 
 
+def without_spawn_library(monkeypatch) -> None:
+    monkeypatch.setattr(spawn, "_library", None)
+    monkeypatch.setattr(spawn, "_loaded", True)
+
+
 @pytest.fixture(params=MODES)
-def executor(request):
+def executor(request, monkeypatch):
+    if request.param == "cgroup-shell":
+        without_spawn_library(monkeypatch)
     return executor_for(request.param)
 
 
@@ -145,11 +156,13 @@ def test_nothing_outlives_a_kill(executor, tmp_path):
 NODE = """
 import sys
 from pathlib import Path
-from bacalhau_flow.executors import Execution
+from bacalhau_flow.executors import Execution, spawn
 from bacalhau_flow.executors.local import LocalExecutor
 mode, work, script = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+if mode == "cgroup-shell":
+    spawn._library, spawn._loaded = None, True
 executor = LocalExecutor()
-executor.containment = mode
+executor.containment = "subreaper" if mode == "subreaper" else "cgroup"
 executor.run(Execution(cmd=["sh", "-c", script], inputs_dir=work / "inputs", outputs_dir=work / "outputs",
                        stdout_path=work / "stdout", stderr_path=work / "stderr"))
 """
