@@ -89,9 +89,9 @@ class ShardLogs:
         else:  # logged from a thread the task started, in its context
             self._loop.call_soon_threadsafe(self._add, entry)
 
-    async def close(self, timeout: float) -> None:
-        """Hand what is still queued to Prefect's own log worker, and wait for the batches in
-        flight on the shared client (which closes next), at most `timeout` s.
+    def close(self) -> None:
+        """Hand what is still queued to Prefect's own log worker; later records are left to
+        Prefect's handler. The batches in flight go on (`sent`).
 
         The worker sends those last records in the background, as it sends any task's records
         (Prefect's flow runs do not wait for theirs either), and at the latest when the process
@@ -102,6 +102,9 @@ class ShardLogs:
         self._closed = True
         for entry in self._take():
             emit_api_log(entry)
+
+    async def sent(self, timeout: float) -> None:
+        """Return once the batches in flight on the shared client are sent, at most `timeout` s."""
         if self._sending:
             await asyncio.wait(set(self._sending), timeout=timeout)
 

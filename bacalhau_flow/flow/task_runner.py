@@ -9,11 +9,17 @@ keeps a thousand in-flight shards cheap (no thread per shard); they are started 
 turn of the loop (flow/staggered.py), so that it keeps answering messages. The same loop runs
 the job's Cancel watcher (`watch`, flow/cancel_watch.py) with the task runs' shared Prefect
 client, and sends the shard tasks' log records in batches with that client (flow/shard_logs.py).
+
+A closed runner's loop lingers (`_linger`): the job's flow goes on while its last batches of
+log records are on their way to a server still digesting the job's events (0.2-0.4 s for
+1000 shards, measured), as a plain Prefect flow's records go on in Prefect's log worker; the
+process's exit waits for them, at most LOGS_TIMEOUT s.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import contextvars
 import threading
@@ -29,7 +35,14 @@ from .shard_logs import CURRENT_SHARD_LOGS, ShardLogs
 from .staggered import StaggeredStarts
 
 CURRENT_REQUESTER: contextvars.ContextVar[Requester] = contextvars.ContextVar("bflow_requester")
-LOGS_TIMEOUT = 5.0  # seconds a closing runner waits for its batches of shard log records in flight
+LOGS_TIMEOUT = 5.0  # seconds a closed runner's loop waits for its batches of shard log records in flight
+_LINGERING: set[threading.Thread] = set()  # the loops of closed runners, still sending their last records
+
+
+@atexit.register
+def _wait_for_lingering() -> None:
+    for thread in list(_LINGERING):
+        thread.join(LOGS_TIMEOUT)
 
 
 class NetworkTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
@@ -54,7 +67,7 @@ class NetworkTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
     def __enter__(self) -> "NetworkTaskRunner":
         super().__enter__()
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="bflow-network", daemon=True)
+        self._thread = threading.Thread(target=_serve, args=(self._loop,), name="bflow-network", daemon=True)
         self._thread.start()
         self._starts = StaggeredStarts(self._loop)
         try:
@@ -66,11 +79,16 @@ class NetworkTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         return self
 
     def __exit__(self, exc_type, exc_value, traceback) -> None:
+        closed = False
         try:
             if self._loop is not None and self._loop.is_running():
                 self._call(self._close(), timeout=60)
+                closed = True
         finally:
-            self._stop_loop()
+            if closed:
+                self._linger()
+            else:
+                self._stop_loop()
             super().__exit__(exc_type, exc_value, traceback)
 
     async def _open(self) -> Requester:
@@ -86,6 +104,7 @@ class NetworkTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
         return await self._network_cm.__aenter__()
 
     async def _close(self) -> None:
+        """All but the shared client, which the log batches in flight still use (`_linger`)."""
         self._starts.drop()
         for task in list(self._tasks):
             task.cancel()
@@ -93,12 +112,34 @@ class NetworkTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             await asyncio.wait(self._tasks, timeout=30)
         try:
             if self._shard_logs is not None:
-                await self._shard_logs.close(LOGS_TIMEOUT)
+                self._shard_logs.close()
             if self._network_cm is not None:
                 await self._network_cm.__aexit__(None, None, None)
-        finally:
-            if self._client_ctx is not None:
-                await self._client_ctx.__aexit__(None, None, None)
+        except BaseException:
+            await self._close_client()
+            raise
+
+    async def _close_client(self) -> None:
+        if self._client_ctx is not None:
+            client, self._client_ctx = self._client_ctx, None
+            await client.__aexit__(None, None, None)
+
+    def _linger(self) -> None:
+        """Leave the loop running, without this runner, until the log batches in flight are
+        sent (at most LOGS_TIMEOUT s); then close the shared client and stop it."""
+        loop, self._loop = self._loop, None
+        thread = self._thread
+        _LINGERING.add(thread)
+
+        async def wind_down() -> None:
+            try:
+                if self._shard_logs is not None:
+                    await self._shard_logs.sent(LOGS_TIMEOUT)
+                await self._close_client()
+            finally:
+                loop.stop()
+
+        loop.call_soon_threadsafe(lambda: loop.create_task(wind_down(), context=self._loop_ctx))
 
     def _call(self, coro, timeout: float | None = None):
         """Run `coro` on the loop, always in the same context (so context managers
@@ -117,8 +158,6 @@ class NetworkTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             self._loop.call_soon_threadsafe(self._loop.stop)
             if self._thread is not None:
                 self._thread.join(timeout=10)
-            if not self._loop.is_running():
-                self._loop.close()
             self._loop = None
 
     @property
@@ -216,3 +255,12 @@ class NetworkTaskRunner(TaskRunner[PrefectConcurrentFuture[Any]]):
             outcome.set_exception(done.exception())
         else:
             outcome.set_result(done.result())
+
+
+def _serve(loop: asyncio.AbstractEventLoop) -> None:
+    """The runner's thread: its loop, until stopped; then closed."""
+    try:
+        loop.run_forever()
+    finally:
+        loop.close()
+        _LINGERING.discard(threading.current_thread())

@@ -163,11 +163,14 @@ transform:
 
 def task_run_records(spec) -> tuple[dict, dict[str, list[dict]]]:
     """Run `spec` (in this process); its job and the log records of each shard's task run, read
-    once it returned and Prefect's log worker, which the runner handed its last records to, is
-    drained (as the process's exit would drain it)."""
+    once it returned, its runner's loop has sent the batches in flight, and Prefect's log worker,
+    which the runner handed its last records to, is drained (as the process's exit waits for both)."""
     from prefect.logging.handlers import APILogWorker
 
+    from bacalhau_flow.flow import task_runner
+
     job = bflow("run", spec, "--json").json()
+    task_runner._wait_for_lingering()
     APILogWorker.drain_all(timeout=30)
     runs = task_runs_of(flow_run_named(job["id"])["id"], len(job["shards"]))
     return job, {name: api("/logs/filter", {"logs": {"task_run_id": {"any_": [run["id"]]}}})
@@ -240,6 +243,44 @@ transform: {{cmd: [sh, -c, 'printf "%03000d" 0 >&2; echo x > $BFLOW_OUTPUTS/$BFL
     # a batch is sent once it holds 2 kB: at most one batch's worth is left to Prefect's worker
     assert sum(batches) + len(handed) == 24 and len(handed) <= 4, (batches, handed)
     assert len(batches) >= 5 and max(batches) <= 4, batches
+
+
+SLOW_LOGS_THEN_EXIT = """
+import asyncio, sys, threading
+from prefect.client.orchestration import PrefectClient
+real = PrefectClient.create_logs
+
+async def slow(client, logs):  # the runner's batches are still in flight when the job ends
+    if threading.current_thread().name == "bflow-network":
+        await asyncio.sleep(1.5)
+    await real(client, logs)
+
+PrefectClient.create_logs = slow
+from bacalhau_flow import run
+print(run(sys.argv[1]).id, flush=True)
+"""
+
+
+def test_record_batches_in_flight_when_a_job_ends_reach_the_server_before_the_process_exits(tmp_path):
+    import subprocess
+    import sys
+
+    name = unique("in-flight")
+    data = tmp_path / "d"
+    data.mkdir()
+    for i in range(3):
+        (data / f"{i}.txt").write_text(str(i))
+    spec = write_spec(tmp_path, f"pipeline: {name}\ninput: {{url: d, glob: '/*.txt'}}\ntransform: {{cmd: ['true']}}\n")
+    # records cut to 300 bytes, a batch sent at 300: every one or two records, all in flight (or the
+    # last one queued) when the runner closes
+    env = dict(os.environ, PREFECT_LOGGING_TO_API_MAX_LOG_SIZE="300", PREFECT_LOGGING_TO_API_BATCH_SIZE="300")
+    done = subprocess.run([sys.executable, "-c", SLOW_LOGS_THEN_EXIT, str(spec)], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    runs = task_runs_of(flow_run_named(done.stdout.strip())["id"], 3)
+    for run in runs.values():  # read once: the process ended, nothing more is on its way
+        messages = [r["message"] for r in api("/logs/filter", {"logs": {"task_run_id": {"any_": [run["id"]]}}})]
+        assert any(m.startswith(f"shard {run['name'].split('-')[1]} completed on node ") for m in messages), messages
 
 
 def test_a_file_of_two_pipelines_is_one_parent_flow_run(tmp_path):
