@@ -108,8 +108,12 @@ def spawn_into(procs: Path, program: str, argv: list[str], env: dict[str, str], 
     lib = library()
     if lib is None:
         raise ExecutorError(f"{LIBRARY.name} is not built", hint="run scripts/setup.sh")
-    args = (ctypes.c_char_p * (len(argv) + 1))(*(os.fsencode(a) for a in argv), None)
-    envp = (ctypes.c_char_p * (len(env) + 1))(*(os.fsencode(f"{k}={v}") for k, v in env.items()), None)
+    words = [os.fsencode(a) for a in argv]
+    pairs = [os.fsencode(f"{k}={v}") for k, v in env.items()]
+    if any(b"\0" in w for w in (*words, *pairs, os.fsencode(program), os.fsencode(cwd))):
+        raise ExecutorError(f"cannot start {argv[0]!r}: a NUL byte in its arguments, environment or folder")
+    args = (ctypes.c_char_p * (len(words) + 1))(*words, None)
+    envp = (ctypes.c_char_p * (len(pairs) + 1))(*pairs, None)
     failure = (ctypes.c_int * 2)()
     feed = None
     if stdin_pipe:

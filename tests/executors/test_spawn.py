@@ -115,3 +115,10 @@ def test_a_killed_command_reads_as_popen_has_it_and_poll_does_not_block_beside_w
     group.kill()
     waiter.join(10)
     assert waited == [-signal.SIGKILL] and child.returncode == -signal.SIGKILL and child.poll() == -signal.SIGKILL
+
+
+def test_a_nul_byte_is_refused_before_anything_starts(group, tmp_path):
+    for argv, env in ((["/bin/echo", "a\0b"], {}), (["/bin/true"], {"A": "x\0y"})):
+        with pytest.raises(ExecutorError, match="NUL byte"):
+            spawn.spawn_into(group.path / "cgroup.procs", argv[0], argv, env, tmp_path, 1, 2)
+    assert group.pids() == []
