@@ -2,7 +2,8 @@
 
 A run's cgroup is `bflow-<pid>/run-<n>` under this process's own cgroup. The command enters it
 before it starts (the child of a vfork joins it and execs the command, executors/spawn.py; or,
-where that library is not built, a `/bin/sh` does, JOIN_CGROUP), so all it forks is inside, and `cgroup.kill` ends everything in it at once, also what left the process group.
+where that library is not built, a `/bin/sh` does, JOIN_CGROUP), so all it forks is inside,
+and `cgroup.kill` ends everything in it at once, also what left the process group.
 
 The commands also end with this process, however it ends (a SIGKILL too): once the root is
 made, a small shell (END_WITH_OWNER, one per process, executors/after_exit.py) waits for this

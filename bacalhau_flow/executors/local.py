@@ -320,18 +320,18 @@ def _feed_stdin(proc: subprocess.Popen, text: str) -> None:
 
 def _spawn(execution: Execution, program: str, env: dict[str, str], cwd: Path, out_w: int, err_w: int,
            group: "Cgroup | None") -> "subprocess.Popen | spawn.Spawned":
+    # In a cgroup, the command enters it before it starts, so all it forks is inside: the child
+    # of a vfork joins it, or a shell does. Not a preexec_fn: that makes Python fork() the whole
+    # node, 25-75 ms for a node of 400 MB, where both of these spawn by vfork.
+    if group is not None and spawn.available():
+        return spawn.spawn_into(group.path / "cgroup.procs", program, execution.cmd, env, cwd, out_w, err_w,
+                                stdin_pipe=execution.stdin is not None)
     stdin = subprocess.PIPE if execution.stdin is not None else subprocess.DEVNULL
     popen = dict(cwd=cwd, env=env, stdin=stdin, stdout=out_w, stderr=err_w, start_new_session=True)
     if group is None:
         cmd = [sys.executable, "-I", "-S", "-c", SUPERVISOR, str(KILL_GRACE_SECONDS), str(os.getpid()),
                *execution.cmd]
         return subprocess.Popen(cmd, **popen)
-    # The command enters its cgroup before it starts, so all it forks is inside. Not a
-    # preexec_fn: that makes Python fork() the whole node, 25-75 ms for a node of 400 MB,
-    # where both of these spawn by vfork.
-    if spawn.available():
-        return spawn.spawn_into(group.path / "cgroup.procs", program, execution.cmd, env, cwd, out_w, err_w,
-                                stdin_pipe=execution.stdin is not None)
     script = JOIN_CGROUP if "PWD" in execution.env else JOIN_CGROUP.replace("exec", "unset PWD; exec", 1)
     return subprocess.Popen(["/bin/sh", "-c", script, str(group.path / "cgroup.procs"), *execution.cmd], **popen)
 
