@@ -329,7 +329,7 @@ def _spawn(execution: Execution, program: str, env: dict[str, str], cwd: Path, o
     stdin = subprocess.PIPE if execution.stdin is not None else subprocess.DEVNULL
     popen = dict(cwd=cwd, env=env, stdin=stdin, stdout=out_w, stderr=err_w, start_new_session=True)
     if group is None:
-        cmd = [sys.executable, "-I", "-S", "-c", SUPERVISOR, str(KILL_GRACE_SECONDS), str(os.getpid()),
+        cmd = [sys.executable, "-I", "-S", "-c", SUPERVISOR, str(KILL_GRACE_SECONDS), str(os.getpid()), program,
                *execution.cmd]
         return subprocess.Popen(cmd, **popen)
     script = JOIN_CGROUP if "PWD" in execution.env else JOIN_CGROUP.replace("exec", "unset PWD; exec", 1)
@@ -340,28 +340,32 @@ _FOUND: dict[tuple[str, str], str] = {}  # (bare program name, PATH) -> the file
 
 
 def _locate(program: str, path: str, cwd: Path) -> str | tuple[str, int]:
-    """The file `program` is executed as (a path; relative ones to `cwd`), found as Popen
-    would find it; or why it could not be executed (message, exit code).
+    """The file `program` is executed as, found as Popen would find it in `cwd` (relative paths
+    and PATH entries are the shard's folder's, where the command runs); or why it could not be
+    executed (message, exit code).
 
-    A bare name found once is looked at again where it was found (two system calls), not
-    searched along the whole PATH (one a PATH entry) on every shard; when it is not there
-    any more, the search is made again."""
+    A bare name found once along absolute PATH entries is looked at again where it was found
+    (two system calls), not searched along the whole PATH (one a PATH entry) on every shard;
+    when it is not there any more, the search is made again."""
     found = _FOUND.get((program, path))
     if found is not None and os.path.isfile(found) and os.access(found, os.X_OK):
         return found
     if "/" in program:
-        candidates = [program if os.path.isabs(program) else os.path.join(cwd, program)]
+        folders = [""]
     else:
-        candidates = [os.path.join(d or ".", program) for d in path.split(os.pathsep)]
+        folders = [d or "." for d in path.split(os.pathsep)]
     denied = False
-    for c in candidates:
+    for folder in folders:
+        c = os.path.abspath(os.path.join(cwd, folder, program))
         if os.path.isfile(c):
             if os.access(c, os.X_OK):
-                if "/" not in program and os.path.isabs(c):
+                if "/" in program:
+                    return program
+                if os.path.isabs(folder):
                     if len(_FOUND) >= 256:
                         _FOUND.clear()
                     _FOUND[(program, path)] = c
-                return program if "/" in program else c
+                return c
             denied = True
         elif "/" in program and os.path.isdir(c):  # a bare name: one stat a PATH entry, not two
             denied = True

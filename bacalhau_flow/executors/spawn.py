@@ -14,6 +14,7 @@ executor goes on with the shell (cgroups.JOIN_CGROUP): slower, the same behaviou
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import os
 import threading
@@ -25,6 +26,7 @@ LIBRARY = Path(__file__).with_name("_spawn_into_cgroup.so")
 # What the child was doing when it failed (spawn_into_cgroup.c's STEP_*)
 _STEPS = {1: "join its cgroup", 2: "take its standard streams", 3: "enter its folder", 4: "start a session"}
 _EXEC = 5
+SHELL = "/bin/sh"  # what runs a file the kernel will not exec
 
 log = logging.getLogger(__name__)
 _library: ctypes.CDLL | None = None
@@ -103,8 +105,10 @@ def spawn_into(procs: Path, program: str, argv: list[str], env: dict[str, str], 
     """Start `program` (the file to exec: a path, as found along PATH) with `argv`, exactly
     `env`, in `cwd` and a session of its own, inside the cgroup whose `cgroup.procs` is
     `procs`; its stdout and stderr are the descriptors given, its stdin /dev/null or, with
-    `stdin_pipe`, a pipe (`Spawned.stdin`). Raises FileNotFoundError or PermissionError when
-    it cannot be executed (as Popen does), ExecutorError when the child failed before that."""
+    `stdin_pipe`, a pipe (`Spawned.stdin`). A file the kernel will not exec (a script without
+    a #! line: ENOEXEC) is run by /bin/sh, as execvp(3) and a shell run it. Raises
+    FileNotFoundError or PermissionError when it cannot be executed (as Popen does),
+    ExecutorError when the child failed before that."""
     lib = library()
     if lib is None:
         raise ExecutorError(f"{LIBRARY.name} is not built", hint="run scripts/setup.sh")
@@ -112,9 +116,7 @@ def spawn_into(procs: Path, program: str, argv: list[str], env: dict[str, str], 
     pairs = [os.fsencode(f"{k}={v}") for k, v in env.items()]
     if any(b"\0" in w for w in (*words, *pairs, os.fsencode(program), os.fsencode(cwd))):
         raise ExecutorError(f"cannot start {argv[0]!r}: a NUL byte in its arguments, environment or folder")
-    args = (ctypes.c_char_p * (len(words) + 1))(*words, None)
     envp = (ctypes.c_char_p * (len(pairs) + 1))(*pairs, None)
-    failure = (ctypes.c_int * 2)()
     feed = None
     if stdin_pipe:
         given, feed = os.pipe()
@@ -126,8 +128,13 @@ def spawn_into(procs: Path, program: str, argv: list[str], env: dict[str, str], 
         except OSError as e:  # not the command's FileNotFoundError
             raise ExecutorError(f"cannot start {argv[0]}: its cgroup is gone: {e}") from None
         try:
-            pid = lib.bflow_spawn(os.fsencode(program), args, envp, os.fsencode(cwd), procs_fd, given,
-                                  stdout, stderr, failure)
+            try:
+                pid = _spawn(lib, program, words, envp, cwd, procs_fd, given, stdout, stderr, argv[0])
+            except OSError as e:
+                if e.errno != errno.ENOEXEC:
+                    raise
+                pid = _spawn(lib, SHELL, [os.fsencode(SHELL), os.fsencode(program), *words[1:]], envp, cwd,
+                             procs_fd, given, stdout, stderr, argv[0])
         finally:
             os.close(procs_fd)
     except BaseException:
@@ -136,12 +143,20 @@ def spawn_into(procs: Path, program: str, argv: list[str], env: dict[str, str], 
         raise
     finally:
         os.close(given)
-    if pid < 0:
-        if feed is not None:
-            os.close(feed)
-        step, code = failure[0], failure[1]
-        if step in (0, _EXEC):  # as Popen raises it: FileNotFoundError, PermissionError, ...
-            raise OSError(code, os.strerror(code), program)
-        raise ExecutorError(f"cannot start {argv[0]}: the new process could not {_STEPS.get(step, 'start')}: "
-                            f"{os.strerror(code)}")
     return Spawned(pid, os.fdopen(feed, "wb") if feed is not None else None)
+
+
+def _spawn(lib: ctypes.CDLL, program: str, words: list[bytes], envp, cwd: Path, procs: int, stdin: int,
+           stdout: int, stderr: int, name: str) -> int:
+    """One bflow_spawn: the child's pid. Raises as `spawn_into` says; a child that failed has
+    been reaped."""
+    args = (ctypes.c_char_p * (len(words) + 1))(*words, None)
+    failure = (ctypes.c_int * 2)()
+    pid = lib.bflow_spawn(os.fsencode(program), args, envp, os.fsencode(cwd), procs, stdin, stdout, stderr, failure)
+    if pid >= 0:
+        return pid
+    step, code = failure[0], failure[1]
+    if step in (0, _EXEC):  # as Popen raises it: FileNotFoundError, PermissionError, ...
+        raise OSError(code, os.strerror(code), program)
+    raise ExecutorError(f"cannot start {name}: the new process could not {_STEPS.get(step, 'start')}: "
+                        f"{os.strerror(code)}")

@@ -9,10 +9,12 @@ when the node's thread that started it is gone (PR_SET_PDEATHSIG; a node's runs 
 its pool's threads, which live as long as the node).
 """
 
-# argv: GRACE NODE CMD...; NODE: the pid of the process that starts it. The command's exit status
-# is its own (a signal: it kills itself with it).
+# argv: GRACE NODE PROGRAM CMD...; NODE: the pid of the process that starts it; PROGRAM: the file
+# CMD is exec'd as (found along the shard's PATH by the node), a file the kernel will not exec
+# (no #! line: ENOEXEC) run by /bin/sh, as execvp(3) and a shell run it. The command's exit
+# status is its own (a signal: it kills itself with it).
 SUPERVISOR = r"""
-import os, signal, sys, time
+import errno, os, signal, sys, time
 me = os.getpid()
 try:
     import ctypes
@@ -52,13 +54,18 @@ if libc is not None:
     libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG: the node's end is a SIGTERM here
 if os.getppid() != int(sys.argv[2]):  # the node ended before that: run nothing
     os._exit(143)
-cmd = sys.argv[3:]
+program, cmd = sys.argv[3], sys.argv[4:]
 child = os.fork()
 if child == 0:
     for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGALRM, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):
         signal.signal(s, signal.SIG_DFL)
     try:
-        os.execvp(cmd[0], cmd)
+        try:
+            os.execv(program, cmd)
+        except OSError as e:
+            if e.errno != errno.ENOEXEC:
+                raise
+            os.execv('/bin/sh', ['/bin/sh', program] + cmd[1:])
     except OSError as e:
         os.write(2, ('bflow: cannot start %s: %s\n' % (cmd[0], e.strerror)).encode())
         os._exit(127 if isinstance(e, FileNotFoundError) else 126)

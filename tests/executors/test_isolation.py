@@ -112,6 +112,38 @@ def test_variables_the_node_passes_reach_the_shard(tmp_path, monkeypatch):
         assert env.get("SECRET_X") == expect and "OTHER" not in env and env["MINE"] == "3"
 
 
+# -- which file runs ----------------------------------------------------------------------
+
+def test_a_script_without_a_first_line_runs_with_sh(executor, tmp_path):
+    """As a shell and execvp(3) run it (the kernel refuses it: ENOEXEC), whatever the containment."""
+    script = tmp_path / "plain-script"
+    script.write_text('echo "no #! line: $1 $#"\n')
+    script.chmod(0o755)
+    ex = make(tmp_path, "")
+    ex.cmd = [str(script), "one two"]
+    assert executor.run(ex).exit_code == 0, ex.stderr_path.read_text()
+    assert ex.stdout_path.read_text() == "no #! line: one two 1\n"
+
+
+def test_a_relative_path_entry_is_looked_up_in_the_shards_folder(executor, tmp_path, monkeypatch):
+    """The command runs in its work folder, so a relative PATH entry names a folder there, as
+    a shell started there would read it; never the node's own folder of the same name."""
+    ex = make(tmp_path, "")
+    for folder, says in ((ex.outputs_dir.parent, "the shard's"), (tmp_path / "node", "the node's")):
+        (folder / "bin").mkdir(parents=True)
+        tool = folder / "bin" / "bflow-rel-tool"
+        tool.write_text(f"#!/bin/sh\necho {says!r}\n")
+        tool.chmod(0o755)
+    monkeypatch.chdir(tmp_path / "node")
+    ex.env = {"PATH": "bin:/usr/bin:/bin"}
+    ex.cmd = ["bflow-rel-tool"]
+    assert executor.run(ex).exit_code == 0, ex.stderr_path.read_text()
+    assert ex.stdout_path.read_text() == "the shard's\n"
+    (ex.outputs_dir.parent / "bin" / "bflow-rel-tool").unlink()  # only the node has one now
+    assert executor.run(ex).exit_code == 127
+    assert "command not found: bflow-rel-tool" in ex.stderr_path.read_text()
+
+
 # -- no process outlives its shard ------------------------------------------------------
 
 ESCAPES = ("( sleep 3; touch {d}/F ) & "            # a background subshell, in the process group
