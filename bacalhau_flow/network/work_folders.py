@@ -76,7 +76,7 @@ class WorkFolders:
             left = os.lstat(work)
         except FileNotFoundError:
             left = None
-        if left is not None and stat.S_ISLNK(left.st_mode):  # never work through a link left in its place
+        if left is not None and not stat.S_ISDIR(left.st_mode):  # a link (never followed), a file, a fifo
             os.unlink(work)
         elif left is not None:
             _remove_folder(work)

@@ -145,6 +145,18 @@ def test_a_link_left_where_an_attempt_will_work_is_not_followed(tmp_path):
     assert sorted(p.name for p in victim.iterdir()) == ["keep.txt"]
 
 
+def test_a_file_left_where_an_attempt_will_work_is_removed(tmp_path):
+    """What a node killed mid-attempt may leave (or anything else): a regular file, or a fifo,
+    in the folder's place does not fail the next try of that attempt."""
+    job = tmp_path / "work" / "j-folders"
+    job.mkdir(parents=True)
+    (job / "0-1").write_text("left by an earlier try\n")
+    os.mkfifo(job / "1-1")
+    for index in (0, 1):
+        result, _ = attempt(tmp_path, 'echo x > "$BFLOW_OUTPUTS/o"', index)
+        assert result.state == "completed", result.error
+
+
 def test_at_most_keep_spares_and_those_of_gone_processes_are_removed(tmp_path):
     root = tmp_path / "work"
     gone = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True).stdout.strip()
