@@ -70,6 +70,7 @@ class JobRun:
         self._in_flight: dict[int, asyncio.Task] = {}  # shard index -> its running attempt
         self.cancelled: str | None = None  # why the job was cancelled (`cancel`), if it was
         self.finished = False  # `finish` began: too late to cancel
+        self.ended: JobRecord | None = None  # the record `finish` returned
         self.interrupted = False  # Ctrl-C stopped the job (flow/compile.py re-raises it after the flow)
         self._hopeless: dict[int, str] = {}  # shards no node can ever run -> why
         self._requester: Requester | None = None  # the one dispatching: it counts forged reports
@@ -197,6 +198,7 @@ class JobRun:
                           published=published, dropped=dropped)
         done = self.jobs.get(job.id, with_shards=False)
         done.shards = job.shards  # their outcomes were final before the merge
+        self.ended = done
         return done
 
 

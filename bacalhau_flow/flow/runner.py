@@ -119,7 +119,7 @@ def _run_pipeline(pipeline: Pipeline, *, plan, network, nodes, job_id, on_progre
         jobs.cancel_unfinished_shards(job.id)
         jobs.set_job(job.id, state="failed", error=str(e))
         raise
-    record = run.record()
+    record = run.ended or run.record()  # as `finish` left it: not read again (~6 ms for 1000 shards)
     if record.state in ("queued", "running"):
         # The flow ended without finishing the job (a crash in Prefect or in our code).
         message = getattr(state, "message", None) or "the flow run crashed"
