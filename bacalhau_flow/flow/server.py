@@ -223,21 +223,34 @@ def _port_taken(port: int) -> bool:
     return False
 
 
+# The user's own server settings the managed server takes (`PREFECT_SERVER_EVENTS_RETENTION_PERIOD`,
+# its services, ...), except those of its database, API address and UI, which are bflow's to set:
+# a PREFECT_SERVER_DATABASE_CONNECTION_URL meant for a server of the user's would otherwise point
+# bflow's server at that database.
+OWN_SETTINGS = ("PREFECT_SERVER_DATABASE_", "PREFECT_SERVER_API_", "PREFECT_SERVER_UI_")
+
+
 def server_environment(home: Path) -> dict[str, str]:
-    """The environment of the server process: the user's, less Prefect client settings."""
+    """The environment of the server process: the user's, less Prefect's client settings and
+    the server settings bflow owns (OWN_SETTINGS); the user's other PREFECT_SERVER_* settings
+    win over bflow's defaults for them."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update({
-        "PREFECT_HOME": str(home),
-        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_UI_ENABLED": "true",
-        "PREFECT_UI_STATIC_DIRECTORY": str(home / "ui"),
-        "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "WARNING"),
         # Prefect's scheduler looks for deployments that need runs every 60 s by default;
         # short intervals need it to look more often, or they run dry between looks.
         "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
         # ... and a deployment just (re)deployed gets its first runs within ~2 s, not 5.
         "PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS": "2",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+    })
+    env.update({k: v for k, v in os.environ.items()
+                if (k.startswith("PREFECT_SERVER_") and not k.startswith(OWN_SETTINGS)) or k == "PREFECT_LOGGING_LEVEL"})
+    env.update({
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+        "PREFECT_SERVER_UI_ENABLED": "true",
+        "PREFECT_UI_STATIC_DIRECTORY": str(home / "ui"),
     })
     return env
 

@@ -12,9 +12,9 @@ import sys
 import time
 
 
-def _python(home, script: str) -> subprocess.CompletedProcess:
+def _python(home, script: str, **settings: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env["BFLOW_HOME"] = str(home)
+    env.update(settings, BFLOW_HOME=str(home))
     return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=240,
                           check=False)
 
@@ -49,12 +49,39 @@ def test_the_url_is_set_at_once_and_prefect_ready_waits_for_the_server(tmp_path)
         "import prefect  # while the server starts\n"
         "prefect_ready()\n"
         "record = json.loads((server_home() / 'server.json').read_text())\n"
+        "import urllib.request\n"
+        "settings = json.load(urllib.request.urlopen(url + '/admin/settings', timeout=30))['server']\n"
         "print(json.dumps({'url': url, 'env': os.environ['PREFECT_API_URL'], 'early': early,\n"
-        "                  'ready': healthy(url), 'recorded': record['api_url']}))\n"
+        "                  'ready': healthy(url), 'recorded': record['api_url'],\n"
+        "                  'retention': settings['events']['retention_period'],\n"
+        "                  'scheduler': settings['services']['scheduler']['loop_seconds']}))\n"
         "stop_server()\n"
     )
-    done = _python(tmp_path, script)
+    # the user's own server settings reach the managed server, but not one of its database
+    done = _python(tmp_path, script, PREFECT_SERVER_EVENTS_RETENTION_PERIOD="P2D",
+                   PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{tmp_path}/elsewhere.db")
     assert done.returncode == 0, done.stderr
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert seen["url"] == seen["env"] == seen["recorded"]
     assert seen["early"] is False and seen["ready"] is True
+    assert seen["retention"] == "P2D" and seen["scheduler"] == 5.0  # bflow's default beside the user's
+    assert not (tmp_path / "elsewhere.db").exists() and (tmp_path / "prefect-server" / "prefect.db").exists()
+
+
+def test_the_server_takes_the_users_server_settings_but_not_its_database_address_or_ui(tmp_path, monkeypatch):
+    from bacalhau_flow.flow.server import server_environment
+
+    for name, value in {"PREFECT_SERVER_EVENTS_RETENTION_PERIOD": "P1D",
+                        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "30",
+                        "PREFECT_SERVER_DATABASE_CONNECTION_URL": "postgresql+asyncpg://elsewhere/prefect",
+                        "PREFECT_API_DATABASE_CONNECTION_URL": "postgresql+asyncpg://elsewhere/prefect",
+                        "PREFECT_SERVER_API_BASE_PATH": "/elsewhere", "PREFECT_SERVER_UI_ENABLED": "false",
+                        "PREFECT_API_URL": "http://elsewhere/api", "PREFECT_HOME": "/elsewhere"}.items():
+        monkeypatch.setenv(name, value)
+    env = server_environment(tmp_path)
+    assert env["PREFECT_SERVER_EVENTS_RETENTION_PERIOD"] == "P1D"
+    assert env["PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS"] == "30"  # the user's over bflow's default
+    assert env["PREFECT_API_DATABASE_CONNECTION_URL"] == f"sqlite+aiosqlite:///{tmp_path / 'prefect.db'}"
+    assert env["PREFECT_HOME"] == str(tmp_path) and env["PREFECT_SERVER_UI_ENABLED"] == "true"
+    for gone in ("PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_SERVER_API_BASE_PATH", "PREFECT_API_URL"):
+        assert gone not in env
