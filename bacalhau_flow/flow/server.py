@@ -300,7 +300,7 @@ class Starting:
             self._wait()
             _state_file().write_text(json.dumps(self.info.to_json()))
         except BaseException:  # also Ctrl-C while waiting: leave no half-started server behind
-            _terminate(self.info)
+            self._stop()
             raise
         finally:
             self._done()
@@ -326,16 +326,25 @@ class Starting:
     def _abandon(self) -> None:
         """At exit before `ready()`: stop the server, which nothing recorded."""
         if self._process is not None:
-            _terminate(self.info)
+            self._stop()
             self._done()
 
+    def _stop(self) -> None:
+        """Stop the server this process started, unless it has exited and been reaped (its pid
+        may be another process's by then)."""
+        if self._process.poll() is None:
+            _terminate(self.info, child=True)
 
-def _terminate(info: ServerInfo, timeout: float = 20.0) -> None:
-    """Stop the server process group of `info` (if it is still a Prefect server) and forget it."""
+
+def _terminate(info: ServerInfo, timeout: float = 20.0, child: bool = False) -> None:
+    """Stop the server process group of `info` (if it is still a Prefect server) and forget it.
+    `child`: a server this process started and has not reaped, so its pid is not another's;
+    it is stopped without a look at its command line, which reads empty until its exec has
+    ended (Popen returns a little before: a command that exited at once left it running)."""
     recorded = _read_state()
     if recorded is not None and recorded.pid == info.pid:
         _state_file().unlink(missing_ok=True)
-    if not _pid_alive(info.pid) or not _is_prefect_server(info.pid):
+    if not _pid_alive(info.pid) or not (child or _is_prefect_server(info.pid)):
         return
     try:
         os.killpg(info.pid, signal.SIGTERM)

@@ -85,3 +85,24 @@ def test_the_server_takes_the_users_server_settings_but_not_its_database_address
     assert env["PREFECT_HOME"] == str(tmp_path) and env["PREFECT_SERVER_UI_ENABLED"] == "true"
     for gone in ("PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_SERVER_API_BASE_PATH", "PREFECT_API_URL"):
         assert gone not in env
+
+
+def test_a_server_it_started_is_stopped_at_exit_before_its_command_line_can_be_read(tmp_path, monkeypatch):
+    # Popen returns a little before the child's exec has ended, while its command line still
+    # reads empty: a command that exited at once took its server for some other process and
+    # left it running. A child of ours (not reaped: its pid is not another's) is stopped
+    # whatever its command line says; here `sleep`, which no look at it takes for a server.
+    import subprocess
+
+    from bacalhau_flow.flow import server
+
+    monkeypatch.setenv("BFLOW_HOME", str(tmp_path))
+    child = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        info = server.ServerInfo(api_url="http://127.0.0.1:9/api", ui_url="http://127.0.0.1:9", pid=child.pid,
+                                 port=9, prefect_version="0")
+        starting = server.Starting(info, child, server._lock())
+        starting._abandon()  # what the process's exit runs: it stops the server and reaps it
+        assert not _alive(child.pid)
+    finally:
+        child.kill()
