@@ -4,7 +4,9 @@ For N trivial shards (local executor, `true`), four ways of doing the same work:
 - raw:     `subprocess.run(["true"])` N times in a loop
 - prefect: a plain Prefect flow mapping a task that runs `true`, on ThreadPoolTaskRunner; and
            the same flow again with the garbage collector's thresholds that bflow sets while a
-           job runs (flow/collector.py), so that what that setting is worth shows apart
+           job runs (flow/collector.py), so that what that setting is worth shows apart. Also
+           timed to its last task's end (`prefect tasks`), without its flow run's end: a floor
+           that the 1 s steps of its heartbeat's join (below) do not move
 - async:   a plain Prefect flow mapping an async task that runs `true` in a worker thread, all
            its task runs on one event loop in one thread sharing one API client (Prefect's
            async task engine), as bflow's task runner runs them (flow/task_runner.py): what
@@ -64,9 +66,14 @@ def run_true(i: int) -> int:
     return subprocess.run(["true"]).returncode
 
 
+TASKS_ENDED = [0.0]  # when the plain flow's last task result came back (perf_counter)
+
+
 @flow(task_runner=ThreadPoolTaskRunner(max_workers=16), persist_result=False)
 def plain_flow(n: int) -> int:
-    return sum(f.result() for f in run_true.map(range(n)))
+    total = sum(f.result() for f in run_true.map(range(n)))
+    TASKS_ENDED[0] = time.perf_counter()
+    return total
 
 
 class OneLoopTaskRunner(TaskRunner):
@@ -161,9 +168,13 @@ def raw(n: int) -> float:
     return time.perf_counter() - t
 
 
+LAST_TASKS = [0.0]  # the last plain flow's time to its last task's end (`prefect`)
+
+
 def prefect(n: int) -> float:
     t = time.perf_counter()
     assert plain_flow(n) == 0
+    LAST_TASKS[0] = TASKS_ENDED[0] - t  # without its flow run's end: the final state, the heartbeat's join
     return time.perf_counter() - t
 
 
@@ -225,9 +236,12 @@ def main(sizes: list[int], rounds: int) -> None:
           "while a job runs (flow/collector.py); async: the same work on Prefect's async task engine, "
           "one event loop and one API client, as bflow's runner")
     ratios = "".join(f" {'bflow/' + name:>17}" for name in BASELINES)
-    print(f"{'shards':>7} {'round':>6} {'raw s':>7} {'prefect s':>10} {'prefect+gc s':>13} {'async s':>8} "
-          f"{'bflow s':>8} {'bflow ms/shard':>15}{ratios} {'bflow/raw':>10}")
+    print("prefect tasks: the plain flow's time to its last task's end, without its flow run's end (its final "
+          "state, and the join of its heartbeat thread, which sleeps in 1 s steps): a floor")
+    print(f"{'shards':>7} {'round':>6} {'raw s':>7} {'prefect s':>10} {'prefect tasks s':>16} {'prefect+gc s':>13} "
+          f"{'async s':>8} {'bflow s':>8} {'bflow ms/shard':>15}{ratios} {'bflow/prefect tasks':>20} {'bflow/raw':>10}")
     runs: dict[int, list[dict]] = {n: [] for n in sizes}
+    tasks: dict[int, list[float]] = {n: [] for n in sizes}  # the plain flow's time to its last task's end
     for n in sizes:
         for k in range(1, rounds + 1):
             r = raw(n)
@@ -240,10 +254,12 @@ def main(sizes: list[int], rounds: int) -> None:
             measured = {}
             for name, call in order if k % 2 else order[::-1]:
                 measured[name] = with_cpu(call)
+                if name == "prefect":
+                    tasks[n].append(LAST_TASKS[0])
             p, g, a, b = (measured[name][0] for name in ("prefect", "prefect+gc", "async", "bflow"))
             ratios = "".join(f" {b / measured[name][0]:>17.2f}" for name in BASELINES)
-            print(f"{n:>7} {k:>6} {r:>7.2f} {p:>10.2f} {g:>13.2f} {a:>8.2f} {b:>8.2f} {1000 * b / n:>15.2f}"
-                  f"{ratios} {b / r:>10.2f}", flush=True)
+            print(f"{n:>7} {k:>6} {r:>7.2f} {p:>10.2f} {tasks[n][-1]:>16.2f} {g:>13.2f} {a:>8.2f} {b:>8.2f} "
+                  f"{1000 * b / n:>15.2f}{ratios} {b / tasks[n][-1]:>20.2f} {b / r:>10.2f}", flush=True)
             runs[n].append(measured)
     print(f"\nCPU seconds used during each run (this machine has {os.cpu_count()} cores):")
     print("(its server: the server's CPU during the run / in all, the digesting of the run's events after it included)")
@@ -257,13 +273,13 @@ def main(sizes: list[int], rounds: int) -> None:
                   f"{f'{b_during:.2f}/{b_all:.2f}':>12} {b_cpu / max(p_cpu, 1e-9):>11.2f} {b_all / max(p_all, 1e-9):>13.2f}")
     if rounds > 1:
         print(f"\nMedian of {rounds} rounds (the machine's speed varies between runs; a range is the rounds' ratios):")
-        columns = "".join(f" {'bflow/' + name:>17} {'range':>11}" for name in BASELINES)
+        columns = "".join(f" {'bflow/' + name:>17} {'range':>11}" for name in (*BASELINES, "prefect tasks"))
         print(f"{'shards':>7} {'prefect s':>10} {'async s':>8} {'bflow s':>8}{columns}")
         for n in sizes:
             seconds = {name: [m[name][0] for m in runs[n]] for name in (*BASELINES, "bflow")}
             line = f"{n:>7} {median(seconds['prefect']):>10.2f} {median(seconds['async']):>8.2f} {median(seconds['bflow']):>8.2f}"
-            for name in BASELINES:
-                each = [b / base for base, b in zip(seconds[name], seconds["bflow"])]
+            for base_seconds in (*(seconds[name] for name in BASELINES), tasks[n]):
+                each = [b / base for base, b in zip(base_seconds, seconds["bflow"])]
                 line += f" {median(each):>17.2f} {f'{min(each):.2f}-{max(each):.2f}':>11}"
             print(line)
 
