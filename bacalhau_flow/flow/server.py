@@ -242,10 +242,9 @@ def server_environment(home: Path) -> dict[str, str]:
         # ... and a deployment just (re)deployed gets its first runs within ~2 s, not 5.
         "PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS": "2",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "WARNING"),
     })
-    env.update({k: v for k, v in os.environ.items()
-                if (k.startswith("PREFECT_SERVER_") and not k.startswith(OWN_SETTINGS)) or k == "PREFECT_LOGGING_LEVEL"})
+    env.update({k: v for k, v in os.environ.items() if k.startswith("PREFECT_SERVER_") and not k.startswith(OWN_SETTINGS)})
     env.update({
         "PREFECT_HOME": str(home),
         "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
