@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 from cli_helpers import bflow, bflow_process, wait_for_running_shard, write_spec
 
-from bacalhau_flow.flow import interrupt
 from bacalhau_flow.home import jobs_db
 from bacalhau_flow.jobs.owner import process_started
 from bacalhau_flow.jobs.store import JobStore
@@ -114,11 +113,8 @@ def test_ctrl_c_stops_the_job_and_exits_130_within_3_seconds(tmp_path, network):
     assert record.state == "cancelled" and record.error == "cancelled by the user"
     assert {s.state for s in record.shards} == {"cancelled"}
     assert "Traceback" not in err and "EventsWorker" not in err
-    said = f"error: job {job.id} cancelled by the user; `bflow describe {job.id[:10]}` shows what ran"
-    # one line; where the Prefect server was too busy for the flows to end within the grace (late
-    # in a full suite, on NATS), the process left at once, as designed, and says so in brackets
-    assert [line for line in err.splitlines() if line.startswith("error:")] in (
-        [said], [f"{said} (ended at once: its flows did not end within {interrupt.GRACE_SECONDS:g} s)"]), err
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [
+        f"error: job {job.id} cancelled by the user; `bflow describe {job.id[:10]}` shows what ran"]
     assert eventually(lambda: not processes_with(token), 5), "a shard's command outlived the Ctrl-C"
 
 
